@@ -21,10 +21,10 @@ import time
 import torch
 from transformers import GenerationConfig
 
-from posweep.config import SamplingSpec
+from posweep.config import DEFAULT_MODEL, SamplingSpec
 from posweep.data import PromptItem
 from posweep.generation import cut_at_eos, sample_responses
-from posweep.models import DEFAULT_MODEL, load_policy
+from posweep.models import load_policy
 
 # Varied lengths on purpose: batching by length only matters when prompts differ.
 QUESTIONS = [

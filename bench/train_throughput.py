@@ -68,9 +68,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback, TrainerCallback
 
-from posweep.config import DataLimits, OptimConfig
+from posweep.config import DEFAULT_MODEL, DataLimits, OptimConfig
 from posweep.data import pairs_from_rows, prepare_pairs
-from posweep.models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
+from posweep.models import load_tokenizer, resolve_model_path
 from posweep.training import get_reference_logps, train_preference
 
 DPO_BETA = 0.1

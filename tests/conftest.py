@@ -17,13 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("POSWEEP_CACHE", str(REPO / ".pytest_cache" / "posweep"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# POSWEEP_TEST_THREADS=1 keeps a test run from crowding a shared machine.
+torch.set_num_threads(int(os.environ.get("POSWEEP_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture(scope="session")
 def builtin_model_dir() -> Path:
     """The builtin SmolLM2-135M-Instruct as a safetensors folder (converted on first use, ~20 s)."""
-    from posweep.models import DEFAULT_MODEL, resolve_model_path
+    from posweep.config import DEFAULT_MODEL
+    from posweep.models import resolve_model_path
 
     return Path(resolve_model_path(DEFAULT_MODEL))
 

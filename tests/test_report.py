@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_analysis import COLLAPSED_RESPONSES, RUNS, write_sweep
 
 from posweep.report import write_report
+from tests.analysis.sweep_files import COLLAPSED_RESPONSES, RUNS, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -10,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from posweep.config import DEFAULT_MODEL, UserError
+from posweep.metrics import METRIC_NAMES
 
 app = typer.Typer(help="Train, sweep and evaluate preference-optimization methods (DPO, LN-DPO, SimPO, ...).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -24,6 +28,28 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _validation_message(error) -> str:
+    """A pydantic ValidationError in one line: ``key: problem; key: problem``."""
+    return "; ".join(f"{'.'.join(str(p) for p in item['loc']) or 'value'}: "
+                     f"{'unknown key' if item['type'] == 'extra_forbidden' else item['msg']}"
+                     for item in error.errors())
+
+
+def user_errors(command):
+    """Bad input ends a command with its message on one line and exit code 1, never a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from pydantic import ValidationError
+
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as error:
+            fail(_validation_message(error))
+        except (UserError, FileNotFoundError) as error:
+            fail(str(error))
+    return wrapper
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -33,22 +59,20 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 
 @data_app.command("inspect")
+@user_errors
 def data_inspect(
     path: str = typer.Argument(..., help="JSONL / Parquet file, or a datasets name[:split] or save_to_disk folder."),
     layout: str = typer.Option("auto", help="auto | pairs | pku-saferlhf | hh-rlhf | prompts"),
-    model: str = typer.Option("builtin:smollm2-135m-instruct", help="Model whose tokenizer counts tokens."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model whose tokenizer counts tokens."),
     max_prompt_length: int = typer.Option(256), max_length: int = typer.Option(512),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Row counts, drop reasons and token-length statistics of a data source (the summary is cached)."""
     from posweep.config import DataLimits
-    from posweep.data import DataError, inspect_source
+    from posweep.data.inspect import inspect_source
 
-    try:
-        report = inspect_source(path, layout=layout, model=model,
-                                limits=DataLimits(max_prompt_length=max_prompt_length, max_length=max_length))
-    except (DataError, FileNotFoundError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-        fail(str(error))
+    report = inspect_source(path, layout=layout, model=model,
+                            limits=DataLimits(max_prompt_length=max_prompt_length, max_length=max_length))
     if as_json:
         console.print_json(json.dumps(report))
         return
@@ -74,35 +98,35 @@ def data_inspect(
 
 def _train_command(method: str, model: str, data: str, out: Path, config: Path | None, layout: str,
                    hparams: dict, optim_overrides: dict, max_prompt_length: int | None, max_length: int | None) -> None:
-    from pydantic import ValidationError
-
+    from posweep.losses import METHODS
     from posweep.training import TrainJob, run_train_job
 
-    try:
-        values = {"model": model, "data": data, "out": out, "layout": layout, "method": method}
-        job = TrainJob.from_file(config, **values) if config else TrainJob.model_validate(
-            {k: v for k, v in values.items() if v is not None})
-        optim = job.optim.model_copy(update={k: v for k, v in optim_overrides.items() if v is not None})
-        limits = job.limits.model_copy(update={k: v for k, v in {"max_prompt_length": max_prompt_length,
-                                                                  "max_length": max_length}.items() if v is not None})
-        job = job.model_copy(update={"optim": optim, "limits": limits,
-                                     "hparams": {**job.hparams, **{k: v for k, v in hparams.items() if v is not None}}})
-        result = run_train_job(job)
-    except (ValidationError, ValueError, FileNotFoundError) as error:
-        fail(str(error))
+    values = {"model": model, "data": data, "out": out, "layout": layout, "method": method}
+    job = TrainJob.from_file(config, **values) if config else TrainJob.model_validate(
+        {k: v for k, v in values.items() if v is not None})
+    if job.method is None or (method is None and job.method == "sft"):
+        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)}; "
+             "for supervised fine-tuning use `posweep sft`")
+    optim = job.optim.model_copy(update={k: v for k, v in optim_overrides.items() if v is not None})
+    limits = job.limits.model_copy(update={k: v for k, v in {"max_prompt_length": max_prompt_length,
+                                                              "max_length": max_length}.items() if v is not None})
+    job = job.model_copy(update={"optim": optim, "limits": limits,
+                                 "hparams": {**job.hparams, **{k: v for k, v in hparams.items() if v is not None}}})
+    result = run_train_job(job)
     if result.status != "done":
-        fail(f"{method} run failed: {result.error}")
+        fail(f"{job.method} run failed: {result.error}")
     console.print(f"[green]done[/] {result.steps} steps, final loss {result.final_loss:.4f}, "
                   f"{result.tokens_per_second:.0f} tokens/s → {result.checkpoint_dir}")
 
 
-_MODEL = typer.Option(None, help="Model spec: builtin:smollm2-135m-instruct (default), a folder, or a hub id.")
+_MODEL = typer.Option(None, help=f"Model spec: {DEFAULT_MODEL} (default), a folder, or a hub id.")
 _DATA = typer.Option(None, help="Preference pairs: JSONL / Parquet / datasets name.")
 _OUT = typer.Option(None, help="Output folder: checkpoint/, config.json, train_log.jsonl.")
 _CONFIG = typer.Option(None, help="YAML/JSON with TrainJob fields; options given here override it.")
 
 
 @app.command()
+@user_errors
 def sft(model: str | None = _MODEL, data: str | None = _DATA, out: Path | None = _OUT,
         config: Path | None = _CONFIG, layout: str = typer.Option("pairs", help="pairs | pku-saferlhf"),
         learning_rate: float | None = typer.Option(None, "--lr"), epochs: float | None = None,
@@ -116,6 +140,7 @@ def sft(model: str | None = _MODEL, data: str | None = _DATA, out: Path | None =
 
 
 @app.command()
+@user_errors
 def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...)."),
           model: str | None = _MODEL, data: str | None = _DATA, out: Path | None = _OUT,
           config: Path | None = _CONFIG, layout: str = typer.Option("pairs", help="pairs | pku-saferlhf"),
@@ -139,6 +164,7 @@ def train(method: str | None = typer.Option(None, help="A method of `posweep met
 
 
 @app.command()
+@user_errors
 def methods(as_json: bool = typer.Option(False, "--json", help="Print the methods as JSON.")) -> None:
     """The preference-optimization methods: loss, default hyperparameters, study grid, reference, TRL name."""
     from posweep.losses import describe_methods
@@ -162,56 +188,50 @@ def methods(as_json: bool = typer.Option(False, "--json", help="Print the method
 # ---------------------------------------------------------------------------------------------- sweeps
 
 
-def _print_sweep_result(result) -> None:
+def _print_sweep_result(finished) -> None:
+    result = finished.sweep
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
     console.print(f"sweep folder: {result.out_dir}  ({counts})")
     console.print(f"summary: {result.summary_path}")
-    if result.report_path:
-        console.print(f"[bold]report: {result.report_path}[/]")
+    if finished.report_path:
+        console.print(f"[bold]report: {finished.report_path}[/]")
     else:
-        console.print(f"[yellow]report: not written[/] ({result.report_error}); summary.csv only")
+        console.print(f"[yellow]report: not written[/] ({finished.report_error}); summary.csv only")
     if result.counts.get("failed"):
         console.print("[yellow]some runs failed[/] (errors in summary.csv and state.sqlite); "
                       "rerun with --retry-failed to retry them")
 
 
 @app.command()
+@user_errors
 def sweep(config: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, paper)."),
           out: Path = typer.Option(..., "--out", help="Sweep folder; an existing one is resumed or extended."),
           retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
           executor: str | None = typer.Option(None, help="local | ray (default: the config's executor.kind)"),
           address: str | None = typer.Option(None, help="Ray cluster address, e.g. auto")) -> None:
     """Run, resume or extend a sweep: SFT grid, best SFT, every method's grid, summary.csv and report."""
-    from posweep.data import DataError
-    from posweep.sweep import SweepConfigError, SweepError, run_sweep
+    from posweep.workflow import sweep_and_report
 
     if executor not in (None, "local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
-    try:
-        result = run_sweep(config, out, retry_failed=retry_failed, executor=executor, address=address)
-    except (SweepConfigError, SweepError, DataError, FileNotFoundError) as error:
-        fail(str(error))
-    _print_sweep_result(result)
+    _print_sweep_result(sweep_and_report(config, out, retry_failed=retry_failed, executor=executor, address=address))
 
 
 @app.command()
+@user_errors
 def demo(quick: bool = typer.Option(False, "--quick", help="One setting per method (a few minutes)."),
          out: Path = typer.Option(Path("runs/demo"), "--out", help="Sweep folder.")) -> None:
     """The embedded demo end to end on the builtin model: SFT, then DPO, LN-DPO and SimPO grids, report."""
-    from posweep.data import DataError
-    from posweep.sweep import SweepConfigError, SweepError, run_demo
+    from posweep.workflow import run_demo
 
-    try:
-        result = run_demo(quick=quick, out_dir=out)
-    except (SweepConfigError, SweepError, DataError, FileNotFoundError) as error:
-        fail(str(error))
-    _print_sweep_result(result)
+    _print_sweep_result(run_demo(quick=quick, out_dir=out))
 
 
 # ------------------------------------------------------------------------------------------- evaluate
 
 
 @app.command()
+@user_errors
 def evaluate(model: str = typer.Option(..., "--model", help="The run's model: folder, hub id or builtin:NAME."),
              sft: str = typer.Option(..., "--sft", help="The SFT model the run is compared with (KL, win rate)."),
              prompts: str = typer.Option(..., "--prompts", help="Test prompts: JSONL / Parquet / datasets name."),
@@ -224,30 +244,25 @@ def evaluate(model: str = typer.Option(..., "--model", help="The run's model: fo
              seed: int = typer.Option(0, "--seed"),
              limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N prompts.")) -> None:
     """Sample, score and compare one model with its SFT model: writes samples.parquet and metrics.json."""
-    from pydantic import ValidationError
-
     from posweep.config import SamplingSpec
-    from posweep.data import DataError, load_prompts
-    from posweep.evaluation import ScoringError, evaluate_run
+    from posweep.data import load_prompts
+    from posweep.evaluation import evaluate_run
     from posweep.judges import load_judge
 
-    try:
-        sampling = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                batch_size=batch_size, seed=seed)
-        items, _ = load_prompts(prompts)
-        if limit is not None:
-            items = items[:limit]
-        loaded_judge = load_judge(judge)
-        out_dir = out or Path("evaluations") / Path(model).name
-        metrics = evaluate_run(model, sft, items, loaded_judge, sampling, out_dir)
-    except (ValidationError, DataError, ScoringError, FileNotFoundError, KeyError) as error:
-        fail(str(error))
+    sampling = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            batch_size=batch_size, seed=seed)
+    items, _ = load_prompts(prompts)
+    if limit is not None:
+        items = items[:limit]
+    loaded_judge = load_judge(judge)
+    out_dir = out or Path("evaluations") / Path(model).name
+    metrics = evaluate_run(model, sft, items, loaded_judge, sampling, out_dir)
     table = Table(title=f"{model} vs {sft}  (n = {metrics['n']}, judge {loaded_judge.name}"
                         f"{', a stand-in' if loaded_judge.is_stand_in else ''})")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("95% interval", justify="right")
-    for name in ("mean_score", "win_vs_chosen", "win_vs_sft", "kl", "ln_kl", "length"):
+    for name in METRIC_NAMES:
         low, high = metrics[f"{name}_ci"]
         table.add_row(name, f"{metrics[name]:.4g}", f"[{low:.4g}, {high:.4g}]")
     table.add_row("truncated_share", f"{metrics['truncated_share']:.3f}", "")
@@ -260,13 +275,14 @@ def evaluate(model: str = typer.Option(..., "--model", help="The run's model: fo
 
 
 @app.command()
+@user_errors
 def report(sweep_dir: Path = typer.Argument(..., help="A sweep folder (with summary.csv).")) -> None:
     """Write DIR/report/ (index.html, summary.md, CSVs, figures) and print the recommendation."""
     from posweep.report import write_report
 
     try:
         index = write_report(sweep_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except ValueError as error:  # a summary.csv the analyses cannot read
         fail(str(error))
     console.print(f"wrote {index}")
     recommendation = json.loads((index.parent / "recommendation.json").read_text())
@@ -281,6 +297,7 @@ def report(sweep_dir: Path = typer.Argument(..., help="A sweep folder (with summ
 
 
 @data_app.command("build-demo")
+@user_errors
 def data_build_demo(
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: the package's demo_data/)."),
     train_prompts: int = typer.Option(200, "--train-prompts", min=2, help="Training prompts (half harmful)."),
@@ -289,7 +306,7 @@ def data_build_demo(
     test_k: int = typer.Option(2, "--test-k", min=1, help="Samples per test prompt (reference = best)."),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
     seed: int = typer.Option(0, "--seed"),
-    model: str = typer.Option("builtin:smollm2-135m-instruct", "--model", help="The policy that samples."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="The policy that samples."),
 ) -> None:
     """Rebuild the demo data: sample on-policy responses, score them with the demo judge, write pairs."""
     import importlib.resources
@@ -297,9 +314,6 @@ def data_build_demo(
     from posweep.demo_build import build_demo_data
 
     out = out or Path(str(importlib.resources.files("posweep") / "demo_data"))
-    try:
-        report = build_demo_data(out, train_prompts, test_prompts, k, max_new_tokens, seed, model, test_k=test_k)
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+    report = build_demo_data(out, train_prompts, test_prompts, k, max_new_tokens, seed, model, test_k=test_k)
     console.print(f"{report['pairs']} pairs ({report['near_ties_dropped']} near-ties dropped), "
                   f"{report['test_prompts']} test prompts, in {report['seconds']['this_run']:.0f} s; wrote {out}")

@@ -15,6 +15,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class UserError(Exception):
+    """Bad input (a file, a key, a spec, a folder): commands print its message, one line naming the thing,
+    and exit with code 1, without a traceback. Every stage's input errors derive from it."""
+
+
+# The embedded default policy (docs/DESIGN.md section 6), named here once for every stage and command.
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 

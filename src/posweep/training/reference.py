@@ -1,0 +1,87 @@
+"""Reference log-probs of every training pair, computed once and shared by a whole sweep.
+
+In: a reference model spec (the chosen SFT checkpoint in a sweep) and ``TokenizedPairs``. Out:
+``ReferenceLogps`` (summed chosen / rejected response log-probs by pair index), cached on disk under
+``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision); while the file
+exists no reference model is loaded at all (docs/DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from posweep.config import cache_root
+from posweep.data import TokenizedPairs
+from posweep.io import write_atomic_torch
+from posweep.models import load_policy, model_fingerprint
+from posweep.progress import progress_bar
+from posweep.training.logprobs import pair_logps
+
+
+@dataclass
+class ReferenceLogps:
+    """Summed response log-probs of every training pair under the reference model, by pair index.
+
+    Computed under the same mixed precision as the policy's forward pass, so that at step 0 (policy ==
+    reference) every implicit reward is exactly 0 rather than bf16 rounding noise.
+    """
+
+    chosen: torch.Tensor  # [pairs] float32
+    rejected: torch.Tensor  # [pairs] float32
+    reference_fingerprint: str
+    data_fingerprint: str
+    mixed_precision: str = "no"
+    forward_passes: int = 0  # 0 when read from the cache
+
+
+def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no") -> Path:
+    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{mixed_precision}.pt"
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: int = 16, progress: bool = True,
+                       mixed_precision: str = "no") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(chosen, rejected) summed log-probs of every pair under ``model``; also the number of forward passes."""
+    model.eval()
+    device = next(model.parameters()).device
+    passes = 0
+    # Longest first so the first batch shows the peak memory, and similar lengths share a batch.
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs.prompt_ids[i]) + max(len(pairs.chosen_ids[i]), len(pairs.rejected_ids[i]))))
+    values = torch.zeros(len(pairs), 2)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("reference log-probs", total=len(pairs), info="")
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            with _autocast(device, mixed_precision):
+                sums, _ = pair_logps(model, pairs, index, pad_id, device)
+            values[index, 0], values[index, 1] = sums[: len(index)].cpu(), sums[len(index):].cpu()
+            passes += 1
+            bar.update(task, advance=len(index))
+    return values[:, 0].contiguous(), values[:, 1].contiguous(), passes
+
+
+def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: int = 16, device: str | None = None,
+                        progress: bool = True, mixed_precision: str = "no") -> ReferenceLogps:
+    """Reference log-probs of ``pairs`` under ``reference_spec``: read from the cache, or computed once.
+
+    The cache key is (reference weights, tokenized data, precision); while the file exists, no reference
+    model is loaded at all.
+    """
+    reference_fingerprint = model_fingerprint(reference_spec)
+    path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision)
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        return ReferenceLogps(saved["chosen"], saved["rejected"], reference_fingerprint, pairs.fingerprint, mixed_precision)
+    model, tokenizer = load_policy(reference_spec, dtype="float32", device=device)
+    chosen, rejected, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision)
+    write_atomic_torch({"chosen": chosen, "rejected": rejected}, path)
+    del model
+    return ReferenceLogps(chosen, rejected, reference_fingerprint, pairs.fingerprint, mixed_precision, forward_passes=passes)

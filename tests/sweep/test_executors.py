@@ -1,0 +1,84 @@
+"""Executors that run runs in other processes, on micro sweeps with the real stages (tiny model, tiny
+random reward model as the judge):
+
+- ``ray``: SFT then DPO as Ray tasks on a local Ray instance (skipped when Ray, an optional dependency,
+  is not installed);
+- ``local`` with several CUDA devices: one worker process per device (devices simulated: the workers
+  are pinned through CUDA_VISIBLE_DEVICES and find no GPU, so they train on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from posweep.sweep import RunJob, plan_runs, run_one, run_sweep, validate_config
+from tests.conftest import make_tiny_reward_model
+
+
+@pytest.fixture
+def two_run_config(tmp_path, tiny_model_dir, tokenizer) -> dict:
+    """SFT, then one DPO run."""
+    pairs = [{"prompt": f"Question {i}?", "chosen": f"A helpful answer {i}.", "rejected": f"No {i}."} for i in range(8)]
+    prompts = [{"prompt": f"Test question {i}?", "chosen": f"Reference {i}."} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
+    return {
+        "model": str(tiny_model_dir),
+        "train_data": {"source": str(tmp_path / "pairs.jsonl"), "layout": "pairs"},
+        "test_prompts": {"source": str(tmp_path / "prompts.jsonl"), "layout": "prompts"},
+        "judge": f"hf:{make_tiny_reward_model(tmp_path / 'judge', tokenizer)}",
+        "sampling": {"max_new_tokens": 4, "batch_size": 4},
+        "limits": {"max_prompt_length": 48, "max_length": 64},
+        "optim": {"batch_size": 4, "micro_batch_size": 4, "learning_rate": 1e-4},
+        "methods": {"dpo": {"grid": {"beta": [0.1]}}},
+    }
+
+
+def check_done_elsewhere(out: Path, runs) -> None:
+    """Every run done once, in summary.csv and the state DB, executed by a process other than this one."""
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["run_id"]) == sorted(run.run_id for run in runs)
+    assert summary["mean_score"].notna().all()
+    with sqlite3.connect(out / "state.sqlite") as connection:
+        rows = {run_id: (status, pid) for run_id, status, pid in connection.execute("SELECT run_id, status, pid FROM runs")}
+    assert {run_id: status for run_id, (status, _) in rows.items()} == {run.run_id: "done" for run in runs}
+    assert all(pid is not None and pid != os.getpid() for _, pid in rows.values())
+
+
+def test_ray_executor_runs_each_run_once(tmp_path, two_run_config):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'posweep[ray]')")
+    config = validate_config({**two_run_config, "executor": {"kind": "ray", "num_cpus": 1}})
+    runs = plan_runs(config)
+    assert [run.stage for run in runs] == ["sft", "po"]
+    out = tmp_path / "sweep"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(config, out, progress=False)
+        assert result.counts["done"] == 2 and result.counts["failed"] == 0
+        check_done_elsewhere(out, runs)
+
+        # A retried task of a finished run (e.g. its worker died after evaluating) skips it: no duplicate work.
+        dpo_dir = out / "runs" / runs[1].run_id
+        before = {p.name: p.stat().st_mtime_ns for p in dpo_dir.iterdir()}
+        sft_checkpoint = str(out / "runs" / runs[0].run_id / "checkpoint")
+        outcome = ray.get(ray.remote(run_one).remote(RunJob(runs[1], config, out, sft_checkpoint)))
+        assert outcome.status == "done" and outcome.skipped
+        assert {p.name: p.stat().st_mtime_ns for p in dpo_dir.iterdir()} == before
+    finally:
+        ray.shutdown()
+
+
+def test_local_executor_uses_one_worker_process_per_cuda_device(tmp_path, two_run_config, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the driver believes there are 2 devices
+    config = validate_config(two_run_config)
+    result = run_sweep(config, tmp_path / "sweep", progress=False)
+    assert result.counts["done"] == 2
+    check_done_elsewhere(tmp_path / "sweep", plan_runs(config))
