@@ -116,16 +116,31 @@ def naive_response_logps(model, batch: PackedBatch) -> tuple[torch.Tensor, torch
     return (logps * mask).sum(dim=1), mask.sum(dim=1)
 
 
-def pair_logps(model, pairs: TokenizedPairs, index: list[int], pad_id: int, device):
-    """One forward pass over ``[chosen rows; rejected rows]`` of the pairs at ``index``: (sums, counts) of
-    length 2·len(index), chosen first."""
+class ResponseLogps(torch.nn.Module):
+    """``response_logps`` as a module: ``forward(batch) -> (sums, counts)``.
+
+    The trainer hands this module, not the bare causal LM, to ``accelerator.prepare``: the whole log-prob
+    pass (backbone and chunked LM head) then runs inside the wrapper's forward, where DDP's and FSDP's
+    hooks see it, while the causal LM inside keeps its own config and ``save_pretrained``."""
+
+    def __init__(self, model, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_logps(self.model, batch, self.chunk_size)
+
+
+def pair_logps(scorer, pairs: TokenizedPairs, index: list[int], pad_id: int, device):
+    """One forward pass of ``scorer`` (a ``ResponseLogps``, possibly wrapped by accelerate) over
+    ``[chosen rows; rejected rows]`` of the pairs at ``index``: (sums, counts) of length 2·len(index),
+    chosen first."""
     prompts = [pairs.prompt_ids[i] for i in index]
     responses = [pairs.chosen_ids[i] for i in index] + [pairs.rejected_ids[i] for i in index]
-    batch = pack(prompts + prompts, responses, pad_id).to(device)
-    return response_logps(model, batch)
+    return scorer(pack(prompts + prompts, responses, pad_id).to(device))
 
 
-def chosen_logps(model, pairs: TokenizedPairs, index: list[int], pad_id: int, device):
-    """One forward pass over ``prompt + chosen`` rows of the pairs at ``index`` (SFT)."""
-    batch = pack([pairs.prompt_ids[i] for i in index], [pairs.chosen_ids[i] for i in index], pad_id).to(device)
-    return response_logps(model, batch)
+def chosen_logps(scorer, pairs: TokenizedPairs, index: list[int], pad_id: int, device):
+    """One forward pass of ``scorer`` over ``prompt + chosen`` rows of the pairs at ``index`` (SFT)."""
+    return scorer(pack([pairs.prompt_ids[i] for i in index], [pairs.chosen_ids[i] for i in index], pad_id).to(device))

@@ -18,7 +18,7 @@ from posweep.data import TokenizedPairs
 from posweep.io import write_atomic_torch
 from posweep.models import load_policy, model_fingerprint
 from posweep.progress import progress_bar
-from posweep.training.logprobs import pair_logps
+from posweep.training.logprobs import ResponseLogps, pair_logps
 
 
 @dataclass
@@ -56,12 +56,13 @@ def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: in
     # Longest first so the first batch shows the peak memory, and similar lengths share a batch.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs.prompt_ids[i]) + max(len(pairs.chosen_ids[i]), len(pairs.rejected_ids[i]))))
     values = torch.zeros(len(pairs), 2)
+    scorer = ResponseLogps(model)
     with progress_bar(progress) as bar:
         task = bar.add_task("reference log-probs", total=len(pairs), info="")
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             with _autocast(device, mixed_precision):
-                sums, _ = pair_logps(model, pairs, index, pad_id, device)
+                sums, _ = pair_logps(scorer, pairs, index, pad_id, device)
             values[index, 0], values[index, 1] = sums[: len(index)].cpu(), sums[len(index):].cpu()
             passes += 1
             bar.update(task, advance=len(index))

@@ -30,7 +30,7 @@ from posweep.losses import get_method
 from posweep.losses.functions import compute_loss
 from posweep.models import load_policy
 from posweep.progress import progress_bar
-from posweep.training.logprobs import chosen_logps, pair_logps
+from posweep.training.logprobs import ResponseLogps, chosen_logps, pair_logps
 from posweep.training.reference import ReferenceLogps, get_reference_logps
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     steps_in_data = math.ceil(len(order) / optim.batch_size)
     total_steps = min(steps_in_data, optim.max_steps) if optim.max_steps else steps_in_data
     scheduler = _schedule(optimizer, optim, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The log-prob pass as one module: accelerate wraps all of it (see ResponseLogps).
+    scorer, optimizer, scheduler = accelerator.prepare(ResponseLogps(model), optimizer, scheduler)
     # Each process takes its share of every step's pairs (DDP); one process takes them all.
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -130,7 +131,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     log_path = out_dir / "train_log.jsonl"
     log_path.unlink(missing_ok=True)
 
-    model.train()
+    scorer.train()
     started, tokens_seen, final_loss, error = time.perf_counter(), 0, float("nan"), None
     steps_done = 0
     with progress_bar(progress and accelerator.is_main_process) as bar, open(log_path, "a") as log_file:
@@ -143,9 +144,9 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
                 weight = len(index) / len(step_pairs)
                 with accelerator.autocast():
                     if is_sft:
-                        loss, step_metrics, tokens = _sft_loss(model, pairs, index, tokenizer.pad_token_id, accelerator.device)
+                        loss, step_metrics, tokens = _sft_loss(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device)
                     else:
-                        loss, step_metrics, tokens = _preference_loss(model, pairs, index, tokenizer.pad_token_id,
+                        loss, step_metrics, tokens = _preference_loss(scorer, pairs, index, tokenizer.pad_token_id,
                                                                       accelerator.device, method, hparams, reference_logps)
                 if not torch.isfinite(loss):
                     error = (f"non-finite loss ({loss.item()}) at step {step + 1} of {method} with {hparams}: "
@@ -177,7 +178,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     checkpoint_dir = out_dir / "checkpoint"
     status = "failed" if error else "done"
     if not error and accelerator.is_main_process:
-        _save_checkpoint(accelerator.unwrap_model(model), tokenizer, checkpoint_dir)
+        _save_checkpoint(accelerator.unwrap_model(scorer).model, tokenizer, checkpoint_dir)
     accelerator.wait_for_everyone()
     config.update(status=status, error=error, steps=steps_done, final_loss=final_loss, seconds=seconds,
                   tokens_per_second=tokens_seen / max(seconds, 1e-9))
@@ -188,16 +189,16 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     return TrainResult(checkpoint_dir, status, error, steps_done, final_loss, seconds, tokens_seen / max(seconds, 1e-9))
 
 
-def _sft_loss(model, pairs, index, pad_id, device):
+def _sft_loss(scorer, pairs, index, pad_id, device):
     """Mean negative log-likelihood per response token of the chosen responses (prompt tokens excluded)."""
-    sums, counts = chosen_logps(model, pairs, index, pad_id, device)
+    sums, counts = chosen_logps(scorer, pairs, index, pad_id, device)
     loss = -sums.sum() / counts.sum().clamp(min=1)
     tokens = int(sum(len(pairs.prompt_ids[i]) + len(pairs.chosen_ids[i]) for i in index))
     return loss, {"chosen_logps": (sums / counts.clamp(min=1)).mean().item()}, tokens
 
 
-def _preference_loss(model, pairs, index, pad_id, device, method, hparams, reference_logps):
-    sums, counts = pair_logps(model, pairs, index, pad_id, device)
+def _preference_loss(scorer, pairs, index, pad_id, device, method, hparams, reference_logps):
+    sums, counts = pair_logps(scorer, pairs, index, pad_id, device)
     n = len(index)
     reference = {}
     if reference_logps is not None:
