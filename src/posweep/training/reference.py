@@ -2,8 +2,9 @@
 
 In: a reference model spec (the chosen SFT checkpoint in a sweep) and ``TokenizedPairs``. Out:
 ``ReferenceLogps`` (summed chosen / rejected response log-probs by pair index), cached on disk under
-``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision); while the file
-exists no reference model is loaded at all (docs/DESIGN.md section 5).
+``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision, weight dtype);
+while the file exists no reference model is loaded at all (docs/DESIGN.md section 5). The trainer may hand
+in the policy it has just loaded (it *is* the reference at step 0), so a cache miss costs no second copy.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class ReferenceLogps:
     data_fingerprint: str
     mixed_precision: str = "no"
     forward_passes: int = 0  # 0 when read from the cache
+    model_dtype: str = "float32"  # the weights' dtype the log-probs were computed with
 
 
-def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no") -> Path:
-    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{mixed_precision}.pt"
+def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no",
+                         model_dtype: str = "float32") -> Path:
+    precision = mixed_precision if model_dtype == "float32" else f"{mixed_precision}-{model_dtype}"
+    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{precision}.pt"
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -70,19 +74,26 @@ def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: in
 
 
 def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: int = 16, device: str | None = None,
-                        progress: bool = True, mixed_precision: str = "no") -> ReferenceLogps:
+                        progress: bool = True, mixed_precision: str = "no", model_dtype: str = "float32",
+                        model=None) -> ReferenceLogps:
     """Reference log-probs of ``pairs`` under ``reference_spec``: read from the cache, or computed once.
 
-    The cache key is (reference weights, tokenized data, precision); while the file exists, no reference
-    model is loaded at all.
+    The cache key is (reference weights, tokenized data, precision, weight dtype); while the file exists,
+    no reference model is loaded at all. ``model``: ``reference_spec`` already loaded in ``model_dtype``
+    (with its tokenizer's pad id in ``model.config.pad_token_id``), used instead of loading a copy.
     """
     reference_fingerprint = model_fingerprint(reference_spec)
-    path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision)
+    path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision, model_dtype)
     if path.exists():
         saved = torch.load(path, weights_only=True)
-        return ReferenceLogps(saved["chosen"], saved["rejected"], reference_fingerprint, pairs.fingerprint, mixed_precision)
-    model, tokenizer = load_policy(reference_spec, dtype="float32", device=device)
-    chosen, rejected, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision)
+        return ReferenceLogps(saved["chosen"], saved["rejected"], reference_fingerprint, pairs.fingerprint,
+                              mixed_precision, model_dtype=model_dtype)
+    if model is None:
+        model, tokenizer = load_policy(reference_spec, dtype=model_dtype, device=device)
+        pad_id = tokenizer.pad_token_id
+    else:
+        pad_id = model.config.pad_token_id  # any id: masks come from lengths, never from the pad id
+    chosen, rejected, passes = compute_pair_logps(model, pairs, pad_id, batch_size, progress, mixed_precision)
     write_atomic_torch({"chosen": chosen, "rejected": rejected}, path)
-    del model
-    return ReferenceLogps(chosen, rejected, reference_fingerprint, pairs.fingerprint, mixed_precision, forward_passes=passes)
+    return ReferenceLogps(chosen, rejected, reference_fingerprint, pairs.fingerprint, mixed_precision,
+                          forward_passes=passes, model_dtype=model_dtype)
