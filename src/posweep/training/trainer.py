@@ -184,8 +184,8 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
                 if index:
                     objective_sum += objective.item()
                     tokens += batch_tokens
-                    for name, value in metrics.items():
-                        metric_sums[name] = metric_sums.get(name, 0.0) + value
+                for name, value in metrics.items():  # a dummy pass adds 0 but the names, so every rank sums alike
+                    metric_sums[name] = metric_sums.get(name, 0.0) + (value if index else 0.0)
             if error:
                 break
             grad_norm = accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
