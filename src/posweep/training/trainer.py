@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +99,14 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     # accelerate keeps its settings in a process-wide singleton; one process may train runs with different
     # precisions (a notebook, the tests), so start each run from a clean state (the process group stays).
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=optim.mixed_precision, cpu=device == "cpu",
+    # cpu=True is also what makes accelerate join a torchrun process group over gloo on a machine without GPUs.
+    accelerator = Accelerator(mixed_precision=optim.mixed_precision,
+                              cpu=device == "cpu" or (device is None and not torch.cuda.is_available()),
                               log_with=trackers.make_trackers(optim.report_to, out_dir) or None)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if world != int(os.environ.get("WORLD_SIZE", "1")):  # every process would train alone and write the same files
+        raise RuntimeError(f"launched as {os.environ['WORLD_SIZE']} processes but accelerate sees {world} "
+                           f"(device={device!r}); run every process on the same kind of device")
     sharded = optim.fsdp is not None and world > 1  # FSDP over one process would be plain training
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
