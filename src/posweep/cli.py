@@ -262,13 +262,28 @@ def _print_sweep_result(finished) -> None:
 @app.command()
 @user_errors
 def sweep(config: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, paper)."),
-          out: Path = typer.Option(..., "--out", help="Sweep folder; an existing one is resumed or extended."),
+          out: Path | None = typer.Option(None, "--out", help="Sweep folder; an existing one is resumed or extended."),
           retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
           executor: str | None = typer.Option(None, help="local | ray (default: the config's executor.kind)"),
-          address: str | None = typer.Option(None, help="Ray cluster address, e.g. auto")) -> None:
+          address: str | None = typer.Option(None, help="Ray cluster address, e.g. auto"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the plan, memory and time; run nothing."),
+          device_memory: float = typer.Option(80.0, "--device-memory", help="Dry run: GiB per device."),
+          tokens_per_second: float | None = typer.Option(None, "--tokens-per-second",
+                                                         help="Dry run: training throughput for the time estimate.")) -> None:
     """Run, resume or extend a sweep: SFT grid, best SFT, every method's grid, summary.csv and report."""
+    if dry_run:
+        from posweep.sweep.config import load_config
+        from posweep.sweep.dryrun import dry_run as plan_cost
+        from posweep.sweep.dryrun import format_dry_run
+
+        loaded = load_config(config)
+        console.print(format_dry_run(plan_cost(loaded, device_memory, tokens_per_second, out), loaded),
+                      soft_wrap=True, markup=False, highlight=False)
+        return
     from posweep.workflow import sweep_and_report
 
+    if out is None:
+        fail("posweep sweep needs --out DIR (the sweep folder), or --dry-run")
     if executor not in (None, "local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
     _print_sweep_result(sweep_and_report(config, out, retry_failed=retry_failed, executor=executor, address=address))
