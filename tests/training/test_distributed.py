@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 # 8 pairs × 1.125 epochs = 9 pairs in order: steps of 4, 4 and 1 pairs; micro-batches of 2 pairs.
 OPTIM = OptimConfig(learning_rate=1e-3, epochs=1.125, batch_size=4, micro_batch_size=2, warmup_ratio=0.0, seed=3)
 RUNS = {  # name: (method, hparams, fsdp)
-    "dpo-ddp": ("dpo", {"beta": 0.5}, False),
-    "simpo-ddp": ("simpo", {"beta": 2.0}, False),
-    "sft-ddp": ("sft", {}, False),
-    "dpo-fsdp": ("dpo", {"beta": 0.5}, True),
-    "simpo-fsdp": ("simpo", {"beta": 2.0}, True),
+    "dpo-ddp": ("dpo", {"beta": 0.5}, None),
+    "simpo-ddp": ("simpo", {"beta": 2.0}, None),
+    "sft-ddp": ("sft", {}, None),
+    "dpo-fsdp": ("dpo", {"beta": 0.5}, FSDPConfig()),
+    "simpo-fsdp-offload": ("simpo", {"beta": 2.0}, FSDPConfig(cpu_offload=True)),  # offload's code path (CPU to CPU)
 }
 
 
@@ -51,7 +51,7 @@ def runs(tmp_path_factory, tiny_model_dir, tokenizer):
     reference = get_reference_logps(str(tiny_model_dir), pairs, device="cpu", progress=False)
     jobs, single = [], {}
     for name, (method, hparams, fsdp) in RUNS.items():
-        optim = OPTIM.model_copy(update={"fsdp": FSDPConfig() if fsdp else None})
+        optim = OPTIM.model_copy(update={"fsdp": fsdp})
         ref = reference if method == "dpo" else None
         jobs.append((str(tiny_model_dir), pairs, root / "two" / name, method, hparams, optim, ref, None))
         key = (method, json.dumps(hparams))
@@ -77,6 +77,7 @@ def test_two_processes_log_the_single_process_losses(runs, name):
     config = json.loads((two / "config.json").read_text())
     assert config["status"] == "done" and config["world_size"] == 2
     assert config["parallel"] == ("fsdp" if RUNS[name][2] else "ddp")
+    assert config["optim"].get("fsdp") == (RUNS[name][2].model_dump() if RUNS[name][2] else None)
     log, reference = read_log(two), read_log(one)
     assert [r["step"] for r in log] == [1, 2, 3]
     for mine, theirs in zip(log, reference):

@@ -181,6 +181,8 @@ class RayExecutor(BoundedExecutor):
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         n = self.processes = options.processes_per_run
+        if gpus and gpus < n:  # its placement group could never be placed: the sweep would wait forever
+            raise SweepError(f"executor.processes_per_run is {n} but the Ray cluster has {gpus} GPUs")
         # Only as many runs in flight as the cluster can execute at once, so "running" means running.
         self.slots = max(1, gpus // n) if gpus else max(1, int(resources.get("CPU", 1) // (options.num_cpus * n)))
         passed_env = {k: v for k, v in os.environ.items() if k.startswith(("POSWEEP_", "HF_", "TOKENIZERS_"))}

@@ -88,8 +88,10 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     is_sft = method == "sft"
     loss_kwargs = {} if is_sft else get_method(method).loss_kwargs(hparams)
     needs_reference = not is_sft and get_method(method).needs_reference
+    # What the reference log-probs must have been computed with: QLoRA's base is its NF4 weights.
+    weights = optim.model_dtype + ("-nf4" if optim.lora and optim.lora.quantize == "4bit" else "")
     if reference_logps is not None and needs_reference:
-        _check_reference(reference_logps, pairs, optim)
+        _check_reference(reference_logps, pairs, optim, weights)
     if optim.batch_size % optim.micro_batch_size:
         raise ValueError(f"batch_size {optim.batch_size} is not a multiple of micro_batch_size {optim.micro_batch_size}")
     lora.check_lora(optim.lora, optim.fsdp is not None)
@@ -120,8 +122,8 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
         with accelerator.main_process_first():
             reference_logps = get_reference_logps(model_spec, pairs, device=accelerator.device,
                                                   progress=progress and main, mixed_precision=optim.mixed_precision,
-                                                  model_dtype=optim.model_dtype, model=None if sharded else model)
-        _check_reference(reference_logps, pairs, optim)
+                                                  model_dtype=weights, model=None if sharded else model)
+        _check_reference(reference_logps, pairs, optim, weights)
     tied = distributed.tied_duplicates(model)
     policy = lora.add_adapters(model, optim.lora, model_spec, optim.activation_checkpointing) if optim.lora else model
     if optim.activation_checkpointing:
@@ -235,7 +237,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     return TrainResult(checkpoint_dir, status, error, steps_done, final_loss, seconds, tokens_seen / max(seconds, 1e-9))
 
 
-def _check_reference(reference_logps: ReferenceLogps, pairs: TokenizedPairs, optim: OptimConfig) -> None:
+def _check_reference(reference_logps: ReferenceLogps, pairs: TokenizedPairs, optim: OptimConfig, weights: str) -> None:
     """Reference log-probs must be of these pairs, under this precision (else step-0 margins are not 0)."""
     if reference_logps.data_fingerprint != pairs.fingerprint or len(reference_logps.chosen) != len(pairs):
         raise ValueError("reference log-probs were computed for other data "
@@ -243,9 +245,9 @@ def _check_reference(reference_logps: ReferenceLogps, pairs: TokenizedPairs, opt
     if reference_logps.mixed_precision != optim.mixed_precision:
         raise ValueError(f"reference log-probs were computed with mixed_precision={reference_logps.mixed_precision!r} "
                          f"but training uses {optim.mixed_precision!r}: the margins would start off zero")
-    if reference_logps.model_dtype != optim.model_dtype:
+    if reference_logps.model_dtype != weights:
         log.warning("reference log-probs were computed with %s weights but the policy has %s weights: step-0 "
-                    "margins carry that rounding", reference_logps.model_dtype, optim.model_dtype)
+                    "margins carry that rounding", reference_logps.model_dtype, weights)
 
 
 def _sft_objective(scorer, pairs, index, pad_id, device):
