@@ -4,7 +4,9 @@ random reward model as the judge):
 - ``ray``: SFT then DPO as Ray tasks on a local Ray instance (skipped when Ray, an optional dependency,
   is not installed);
 - ``local`` with several CUDA devices: one worker process per device (devices simulated: the workers
-  are pinned through CUDA_VISIBLE_DEVICES and find no GPU, so they train on CPU).
+  are pinned through CUDA_VISIBLE_DEVICES and find no GPU, so they train on CPU);
+- ``processes_per_run: 2``: every run a ``torchrun`` of 2 CPU processes (gloo), locally and inside a Ray
+  placement group; a launch that dies without an outcome is recorded failed and the next run goes on.
 """
 
 from __future__ import annotations
