@@ -30,7 +30,7 @@ def test_lora_dpo_learns_and_its_adapter_and_merged_model_reload(tokenizer, tmp_
 
     from posweep.config import DEFAULT_MODEL
 
-    # Two pairs (one harmful, one benign) seen three times: a short run whose loss must fall.
+    # Two pairs (one harmful, one benign) seen twice: a short run whose loss must fall.
     pairs = prepare_pairs("lora-pairs", tokenizer, DataLimits(max_prompt_length=48, max_length=80),
                           pairs=make_pairs()[:2])
     loads, captured = [], {}
@@ -48,7 +48,7 @@ def test_lora_dpo_learns_and_its_adapter_and_merged_model_reload(tokenizer, tmp_
     monkeypatch.setattr(trainer, "load_policy", counting_load)
     monkeypatch.setattr("posweep.training.reference.load_policy", counting_load)
     monkeypatch.setattr(lora, "save_lora", capturing_save)
-    optim = OptimConfig(learning_rate=2e-3, epochs=3, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, lora=LORA)
+    optim = OptimConfig(learning_rate=2e-3, epochs=2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, lora=LORA)
     result = train_preference(DEFAULT_MODEL, pairs, "dpo", {"beta": 0.5}, optim, tmp_path / "run", progress=False,
                               device="cpu")
     assert result.status == "done"
