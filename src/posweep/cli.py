@@ -166,23 +166,33 @@ def train(method: str | None = typer.Option(None, help="A method of `posweep met
 @app.command()
 @user_errors
 def methods(as_json: bool = typer.Option(False, "--json", help="Print the methods as JSON.")) -> None:
-    """The preference-optimization methods: loss, default hyperparameters, study grid, reference, TRL name."""
+    """Every method: loss, defaults, study grid, reference need, TRL name, components of a combination."""
     from posweep.losses import describe_methods
 
     rows = describe_methods()
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="methods (rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens)")
-    for column in ("name", "loss", "defaults", "study grid", "reference", "TRL"):
-        table.add_column(column)
+    console.print("rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens; "
+                  "a+b+... combines methods (hyperparameters shared by name, weights <method>_weight)",
+                  soft_wrap=True, markup=False)
     for row in rows:
-        defaults = ", ".join(f"{key}={value:g}" for key, value in row["hyperparameters"].items())
-        grid = "; ".join(f"{key} ∈ {{{', '.join(f'{v:g}' for v in values)}}}"
-                         for key, values in row["study_grid"].items())
-        table.add_row(row["name"], row["formula"], defaults, grid, "yes" if row["needs_reference"] else "no",
-                      row["trl_name"] or "-")
-    console.print(table)
+        # One block per method, never folded: a formula or TRL name stays one copyable line.
+        lines = [f"[bold]{escape(row['name'])}[/]  reference: {'yes' if row['needs_reference'] else 'no'}"
+                 f"  TRL 1.16: {escape(row['trl_name'] or '-')}"]
+        if row["components"]:
+            lines.append("  components  " + " + ".join(f"{w:g}·{c}" for c, w in row["components"].items()))
+        lines.append(f"  loss        {escape(row['formula'])}")
+        if row["hyperparameters"]:
+            lines.append("  defaults    " + ", ".join(f"{k}={v:g}" for k, v in row["hyperparameters"].items()))
+            lines.append("  study grid  " + "; ".join(
+                f"{k} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in row["study_grid"].items()))
+        if row["inputs"]:
+            lines.append("  needs       " + ", ".join(row["inputs"]))
+        if row["batch_level"]:
+            lines.append("  batch-level its value depends on which pairs share a micro-batch")
+        lines.append(f"  source      {escape(row['source'])}")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
