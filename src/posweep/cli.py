@@ -105,8 +105,8 @@ def _train_command(method: str, model: str, data: str, out: Path, config: Path |
     job = TrainJob.from_file(config, **values) if config else TrainJob.model_validate(
         {k: v for k, v in values.items() if v is not None})
     if job.method is None or (method is None and job.method == "sft"):
-        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)}; "
-             "for supervised fine-tuning use `posweep sft`")
+        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)} "
+             "(or a combination such as dpo+nll); for supervised fine-tuning use `posweep sft`")
     optim = job.optim.model_copy(update={k: v for k, v in optim_overrides.items() if v is not None})
     limits = job.limits.model_copy(update={k: v for k, v in {"max_prompt_length": max_prompt_length,
                                                               "max_length": max_length}.items() if v is not None})
@@ -139,23 +139,45 @@ def sft(model: str | None = _MODEL, data: str | None = _DATA, out: Path | None =
                         max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length)
 
 
+def _parse_hparams(pairs: list[str]) -> dict[str, float]:
+    """``["beta=0.1", "nll_weight=0.5"]`` → ``{"beta": 0.1, "nll_weight": 0.5}``; a bad item is a user error."""
+    values = {}
+    for item in pairs:
+        name, sep, text = item.partition("=")
+        try:
+            values[name.strip()] = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"--hparam {item!r}: expected NAME=NUMBER, e.g. --hparam beta=0.1")
+    return values
+
+
 @app.command()
 @user_errors
-def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...)."),
+def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...) "
+                                                        "or a combination such as dpo+nll."),
           model: str | None = _MODEL, data: str | None = _DATA, out: Path | None = _OUT,
           config: Path | None = _CONFIG, layout: str = typer.Option("pairs", help="pairs | pku-saferlhf"),
-          beta: float | None = None, gamma_beta_ratio: float | None = None, alpha: float | None = None,
-          tau: float | None = None, epsilon: float | None = None,
-          nll_weight: float | None = typer.Option(None, help="cpo: weight of the chosen NLL term (lambda)."),
-          odds_ratio_weight: float | None = typer.Option(None, help="orpo: weight of the odds-ratio term (lambda)."),
+          hparam: list[str] = typer.Option([], "--hparam", metavar="NAME=VALUE",
+                                           help="A hyperparameter of the method (repeatable): --hparam ld_alpha=0.5. "
+                                                "`posweep methods` lists each method's names."),
+          beta: float | None = typer.Option(None, help="Shortcut for --hparam beta=..."),
+          gamma_beta_ratio: float | None = typer.Option(None, help="Shortcut for --hparam gamma_beta_ratio=..."),
+          alpha: float | None = None, tau: float | None = None, epsilon: float | None = None,
+          nll_weight: float | None = None, odds_ratio_weight: float | None = None,
           learning_rate: float | None = typer.Option(None, "--lr"), epochs: float | None = None,
           batch_size: int | None = None, micro_batch_size: int | None = None, max_steps: int | None = None,
           seed: int | None = None, mixed_precision: str | None = typer.Option(None, help="no | bf16 | fp16"),
           max_prompt_length: int | None = None, max_length: int | None = None) -> None:
-    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache."""
+    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache.
+
+    Hyperparameters: ``--hparam NAME=VALUE`` for any method's (repeatable); the older per-name options
+    (--beta, --tau, ...) still work and win over a --hparam of the same name."""
+    shortcuts = dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
+                     nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight)
     _train_command(method, model, data, out, config, layout,
-                   dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
-                        nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight),
+                   {**_parse_hparams(hparam), **{k: v for k, v in shortcuts.items() if v is not None}},
                    dict(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,
                         max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length)
 

@@ -13,6 +13,7 @@ from posweep.losses import METHODS, get_method
 from posweep.losses.functions import LossOutput, compute_loss, simpo_loss
 from tests.losses.hand import BATCH_LEVEL, HAND_HPARAMS, PAIRS, aot_batch, expected, tensor_inputs
 
+
 def test_hand_hparams_cover_every_method():
     assert set(HAND_HPARAMS) == set(METHODS)
 

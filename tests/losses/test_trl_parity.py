@@ -25,8 +25,8 @@ from tests.losses.trl_batch import (
     tail_sums,
     token_level,
     trl_dpo_loss,
-    trl_token_level,
     trl_metric,
+    trl_token_level,
 )
 
 

@@ -1,4 +1,4 @@
-"""Preference-optimization losses as pure functions on per-pair summed log-probs (docs/DESIGN.md section 2).
+"""Preference-optimization losses as pure functions on per-pair summed log-probs (docs/DESIGN.md sections 2, 8).
 
 In: for a batch of pairs (x, y_w, y_l), tensors of shape [batch]: the policy's summed response log-probs
 ``policy_chosen_logps`` (lw) and ``policy_rejected_logps`` (ll), the reference model's (None for
@@ -16,7 +16,8 @@ least 1 before dividing (as TRL does), so an empty response contributes a log-pr
 Rewards are the per-response quantity whose chosen − rejected difference the loss acts on, scaled by the
 method's β (τ for IPO, λ for ORPO): DPO β·rw, SimPO β·lw/|y_w|, ... so ``margins > 0`` means the pair is
 ordered correctly by the method's own criterion. That is TRL's logging, except for LN-DPO and IPO, where
-TRL logs the unnormalized β·rw and here the rewards are length-normalized like the loss.
+TRL logs the unnormalized β·rw and here the rewards are length-normalized like the loss, and f-DPO
+(``options``), whose rewards are β·f′(e^r). A combination logs its first component's rewards.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def combine(components: tuple[str, ...] | list[str], name: str | None = None,
     unknown = sorted(set(weights or {}) - set(components))
     if unknown:
         raise MethodError(f"combination {label!r}: weights for {unknown}, which are not its components")
-    weights = {c: 1.0 for c in components} | dict(weights or {})
+    weights = dict.fromkeys(components, 1.0) | dict(weights or {})
     for component in components:
         key = weight_name(component)
         if key in hyperparameters:
