@@ -195,3 +195,22 @@ def test_an_ad_hoc_combination_is_the_weighted_sum_of_its_components():
     # the same components as a preset and ad hoc give the same loss
     torch.testing.assert_close(compute_loss("dpo+nll", hparams={"nll_weight": 0.3}, **inputs).losses,
                                compute_loss("rpo", hparams={"nll_weight": 0.3}, **inputs).losses)
+
+
+def test_discopop_stays_finite_where_trls_expression_is_nan():
+    """TRL computes σ(βh/τ)·exp(−βh), which is 0·inf = NaN in float32 once βh < −88; posweep's
+    exp(log σ(βh/τ) − βh) is the same number and stays finite (≈ the logistic term there)."""
+    import torch.nn.functional as F
+
+    h = torch.tensor([-5000.0, -10.0, 0.0, 10.0])  # float32 log-ratio gaps
+    beta, tau = 0.05, 0.05
+    zero = torch.zeros_like(h)
+    ours = compute_loss("discopop", hparams={"beta": beta, "tau": tau}, policy_chosen_logps=h,
+                        policy_rejected_logps=zero, reference_chosen_logps=zero, reference_rejected_logps=zero,
+                        chosen_lengths=torch.ones(4), rejected_lengths=torch.ones(4)).losses
+    x = beta * h
+    m = torch.sigmoid(x / tau)
+    trl = -F.logsigmoid(x) * (1 - m) + torch.exp(-x) * m
+    assert torch.isnan(trl[0]) and torch.isfinite(ours).all()
+    assert ours[0].item() == pytest.approx(-F.logsigmoid(x[0]).item())
+    torch.testing.assert_close(ours[1:], trl[1:])

@@ -164,13 +164,15 @@ def discopop_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     """DiscoPOP (Lu et al. 2024, eq. 5), the log-ratio modulated loss.
 
     ``(1 − m)·(−log σ(βh)) + m·exp(−βh)``, ``m = σ(βh/τ)``: logistic where the pair is ordered wrongly,
-    exponential where it is ordered well; τ (the paper's 0.05) sets how sharp the switch is.
+    exponential where it is ordered well; τ (the paper's 0.05) sets how sharp the switch is. The
+    exponential term is computed as ``exp(log σ(βh/τ) − βh)``, the same number, because TRL's
+    ``m·exp(−βh)`` is 0·inf = NaN once βh < −88 in float32 (a test pins it).
     """
     chosen_ratios, rejected_ratios = _log_ratios(policy_chosen_logps, policy_rejected_logps,
                                                  reference_chosen_logps, reference_rejected_logps)
     logits = beta * (chosen_ratios - rejected_ratios)
-    modulation = torch.sigmoid(logits / tau)
-    losses = -F.logsigmoid(logits) * (1 - modulation) + torch.exp(-logits) * modulation
+    losses = (-F.logsigmoid(logits) * torch.sigmoid(-logits / tau)
+              + torch.exp(F.logsigmoid(logits / tau) - logits))
     return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
