@@ -10,9 +10,9 @@ import logging
 import pytest
 import torch
 
-from posweep.training.attention import PackedAttention, attention_inputs, packed_attention
+from posweep.training.attention import DENSE_ROW_TOKENS, PackedAttention, attention_inputs, packed_attention
 from posweep.training.logprobs import ResponseLogps, chosen_logps, pack, pair_logps, response_logps
-from posweep.training.packing import Packing, dense_mask, mask_mod, pack_examples, pack_pairs
+from posweep.training.packing import Packing, _rows_first_fit, dense_mask, mask_mod, pack_examples, pack_pairs
 
 VOCAB = 97
 
@@ -80,6 +80,10 @@ def test_rows_are_bounded_and_padded_only_at_the_end():
     one_row = pack_pairs(prompts, chosen, rejected, pad_id=0)
     assert one_row.input_ids.shape == (1, 22)
     assert pack_pairs(prompts, chosen, rejected, 0, Packing(None, width_multiple=16)).input_ids.shape == (1, 32)
+    # first fit by decreasing length; the bound never goes below the longest group
+    assert _rows_first_fit([10, 5, 3], None) == [[0, 1, 2]]
+    assert _rows_first_fit([5, 10, 3], 13) == [[1, 2], [0]]
+    assert _rows_first_fit([10, 5, 3], 12) == _rows_first_fit([10, 5, 3], 1) == [[0], [1, 2]]
 
 
 def test_mask_rule_prompt_shared_responses_apart_pairs_apart():
@@ -191,7 +195,7 @@ def test_scorer_packs_pairs_and_sft_by_index(tokenizer, caplog):
     model = tiny_model("qwen3")
     with caplog.at_level(logging.INFO, logger="posweep.training.logprobs"):
         scorer = ResponseLogps(model, packing=True)
-    assert scorer.packing == Packing(512) and "packed rows" in caplog.text
+    assert scorer.packing == Packing(DENSE_ROW_TOKENS) and "packed rows" in caplog.text
     with torch.no_grad():
         for score in (pair_logps, chosen_logps):
             packed = score(scorer, pairs, [2, 0], 0, "cpu", scorer.packing)

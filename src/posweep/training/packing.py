@@ -29,9 +29,10 @@ the column explicitly). As in the padded path, a response after an empty prompt 
 predicts its first token, so that token is not counted.
 
 Rows: prompt groups (a prompt and its responses, never split) are placed first-fit by decreasing length
-into rows of at most ``max_row_tokens`` tokens (``None``: one row); a group longer than the bound gets a
-row of its own. Dense masks cost rows · T² memory and attention work, hence the bound on that path; a
-FlexAttention block mask skips the blocks that are masked out, so one row is best there.
+into rows of at most max(``max_row_tokens``, longest group) tokens (``max_row_tokens=None``: one row), so
+rows are as wide as the longest group at least and the padding at their ends stays small. Dense masks cost
+rows · T² memory and attention work, hence the bound on that path; a FlexAttention block mask skips the
+blocks that are masked out, so one row is best there.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ import torch
 
 @dataclass(frozen=True)
 class Packing:
-    """How to lay out packed rows: a bound on the tokens of one row (``None``: one row for the whole
-    micro-batch) and a multiple the row width is padded up to (FlexAttention works in 128-token blocks)."""
+    """How to lay out packed rows: a bound on the tokens of one row, raised to the longest prompt group when
+    that is longer (``None``: one row for the whole micro-batch), and a multiple the row width is padded up
+    to (FlexAttention works in 128-token blocks)."""
 
     max_row_tokens: int | None = None
     width_multiple: int = 1
@@ -79,8 +81,9 @@ class PackedRows:
 def _rows_first_fit(lengths: Sequence[int], max_row_tokens: int | None) -> list[list[int]]:
     """Group indices per row: first fit by decreasing length (ties by index, so the layout is deterministic)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    if max_row_tokens is None:
+    if max_row_tokens is None or not order:
         return [order] if order else []
+    max_row_tokens = max(max_row_tokens, lengths[order[0]])
     rows: list[list[int]] = []
     used: list[int] = []
     for i in order:
