@@ -19,8 +19,16 @@ VOCAB = 97
 
 def tiny_model(kind: str, **overrides):
     """A 2-layer random model of the given family, hidden 32, float32."""
-    from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     common = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "pad_token_id": 0}
@@ -275,14 +283,16 @@ def test_four_training_steps_packed_and_padded_give_the_same_losses(tiny_model_d
         monkeypatch.setenv("POSWEEP_CACHE", str(tmp_path / f"cache-{packing}"))  # each computes its own reference
         optim = OptimConfig(learning_rate=1e-3, epochs=2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0,
                             packing=packing)
-        for method, run in (("dpo", lambda out: train_preference(str(tiny_model_dir), pairs, "dpo", {"beta": 0.1}, optim,
-                                                                 out, progress=False, device="cpu")),
-                            ("sft", lambda out: train_sft(str(tiny_model_dir), pairs, optim, out, progress=False,
-                                                          device="cpu"))):
+        for method in ("dpo", "sft"):
             out = tmp_path / f"{method}-{packing}"
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="posweep.training.logprobs"):
-                assert run(out).status == "done"
+                if method == "dpo":
+                    result = train_preference(str(tiny_model_dir), pairs, "dpo", {"beta": 0.1}, optim, out,
+                                              progress=False, device="cpu")
+                else:
+                    result = train_sft(str(tiny_model_dir), pairs, optim, out, progress=False, device="cpu")
+            assert result.status == "done"
             assert ("packed rows with shared prompts" in caplog.text) == packing
             log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
             assert len(log) == 4
@@ -292,3 +302,13 @@ def test_four_training_steps_packed_and_padded_give_the_same_losses(tiny_model_d
         assert losses[method, True] == pytest.approx(losses[method, False], abs=1e-4)
         assert losses[method, True, "tokens"] == losses[method, False, "tokens"]  # counted the same way
     assert losses["dpo", True][-1] != losses["dpo", True][0]  # the steps did train
+
+
+def test_packing_setting_round_trips_and_the_default_leaves_run_hashes_alone():
+    from posweep.config import OptimConfig
+
+    assert OptimConfig().packing is True
+    assert "packing" not in OptimConfig().model_dump()  # run ids and sweep contexts hash model_dump()
+    off = OptimConfig(packing=False)
+    assert off.model_dump(mode="json")["packing"] is False
+    assert OptimConfig(**off.model_dump()).packing is False

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from posweep.training.packing import Packing, PackedRows, dense_mask, mask_mod
+from posweep.training.packing import PackedRows, Packing, dense_mask, mask_mod
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class PackedAttention:
     implementation: str  # "flex_attention" | "sdpa" | "eager"
     windows: dict[str, int | None] = field(default_factory=lambda: {"full_attention": None})
     by_layer_type: bool = False
-    packing: Packing = Packing(DENSE_ROW_TOKENS)
+    packing: Packing = field(default_factory=lambda: Packing(DENSE_ROW_TOKENS))
 
 
 def _decoder(model):

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from posweep.data import TokenizedPairs
 from posweep.training.attention import PackedAttention, attention_inputs, packed_attention
-from posweep.training.packing import Packing, PackedRows, pack_examples, pack_pairs
+from posweep.training.packing import PackedRows, Packing, pack_examples, pack_pairs
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,9 @@ def naive_response_logps(model, batch: PaddedBatch) -> tuple[torch.Tensor, torch
 
 def _probe_pairs(vocab: int) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     """Two small pairs of deterministic token ids below ``vocab`` (prompts of 3 and 2, responses of 1-4)."""
-    ids = iter([(7 + 37 * i) % max(1, vocab - 3) + 3 for i in range(15)])
-    take = lambda n: [next(ids) for _ in range(n)]  # noqa: E731
-    prompts, chosen, rejected = [take(3), take(2)], [take(2), take(3)], [take(4), take(1)]
-    return prompts, chosen, rejected
+    ids = [(7 + 37 * i) % max(1, vocab - 3) + 3 for i in range(15)]
+    pieces = [ids[a:b] for a, b in ((0, 3), (3, 5), (5, 7), (7, 10), (10, 14), (14, 15))]
+    return pieces[0:2], [pieces[2], pieces[3]], [pieces[4], pieces[5]]
 
 
 @torch.no_grad()
