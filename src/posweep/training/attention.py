@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # Dense masks cost rows·T² memory and attention work (SDPA computes every masked-out score): rows of at most
 # this many tokens, or the longest pair when it is longer, keep that work near the padded layout's while
 # removing the padding and the second copy of each prompt. 256 measured best of 120-320 on the CPU benchmark
-# (bench/RESULTS.md); a whole micro-batch in one row there doubled the attention time and lost the gain.
+# (bench/RESULTS.md); rows of up to 512 there made SDPA's attention 2.9x slower than padded rows' and lost the gain.
 DENSE_ROW_TOKENS = 256
 FLEX_BLOCK = 128
 _DICT_MASK = re.compile(r"isinstance\(\s*(?:\w+\s*:=\s*)?attention_mask\s*,\s*dict\s*\)")
