@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class UserError(Exception):
@@ -85,3 +85,17 @@ class OptimConfig(Strict):
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = Field(1, gt=0)
+    packing: bool = Field(True, description=(
+        "true: each micro-batch's pairs packed end to end without padding, each prompt computed once "
+        "(posweep.training.packing), where the model's attention can take the mask; otherwise padded rows, with "
+        "the reason logged. false: always padded rows. Same log-probs either way, up to float rounding."))
+
+    @model_serializer(mode="wrap")
+    def _omit_default_packing(self, handler):
+        # packing is how a run computes, not what it computes (the same numbers either way): leaving the
+        # default out of dumps keeps run ids and sweep contexts, which hash model_dump(), as they were before
+        # the field existed, while an explicit `packing: false` is still written out and read back.
+        data = handler(self)
+        if isinstance(data, dict) and self.packing:
+            data.pop("packing", None)
+        return data

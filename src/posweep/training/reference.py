@@ -4,6 +4,12 @@ In: a reference model spec (the chosen SFT checkpoint in a sweep) and ``Tokenize
 ``ReferenceLogps`` (summed chosen / rejected response log-probs by pair index), cached on disk under
 ``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision); while the file
 exists no reference model is loaded at all (docs/DESIGN.md section 5).
+
+The key does not include the row layout (packed rows with shared prompts, or padded rows;
+``posweep.training.packing``), nor the batch size, on purpose: both change only how the same function of
+(weights, data, precision) is computed. Packed and padded log-probs agree to float rounding (~1e-6 in
+float32, which tests/training/test_packing.py checks), the same size of difference that a different batch
+composition already makes, so a cache written with either layout is valid for a run using the other.
 """
 
 from __future__ import annotations
@@ -48,21 +54,23 @@ def _autocast(device: torch.device, mixed_precision: str):
 
 @torch.no_grad()
 def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: int = 16, progress: bool = True,
-                       mixed_precision: str = "no") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(chosen, rejected) summed log-probs of every pair under ``model``; also the number of forward passes."""
+                       mixed_precision: str = "no", packing: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(chosen, rejected) summed log-probs of every pair under ``model``; also the number of forward passes.
+
+    ``packing``: pack each batch's pairs with shared prompts where the model supports it (else padded rows)."""
     model.eval()
     device = next(model.parameters()).device
     passes = 0
     # Longest first so the first batch shows the peak memory, and similar lengths share a batch.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs.prompt_ids[i]) + max(len(pairs.chosen_ids[i]), len(pairs.rejected_ids[i]))))
     values = torch.zeros(len(pairs), 2)
-    scorer = ResponseLogps(model)
+    scorer = ResponseLogps(model, packing=packing)
     with progress_bar(progress) as bar:
         task = bar.add_task("reference log-probs", total=len(pairs), info="")
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             with _autocast(device, mixed_precision):
-                sums, _ = pair_logps(scorer, pairs, index, pad_id, device)
+                sums, _ = pair_logps(scorer, pairs, index, pad_id, device, scorer.packing)
             values[index, 0], values[index, 1] = sums[: len(index)].cpu(), sums[len(index):].cpu()
             passes += 1
             bar.update(task, advance=len(index))
@@ -70,11 +78,11 @@ def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: in
 
 
 def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: int = 16, device: str | None = None,
-                        progress: bool = True, mixed_precision: str = "no") -> ReferenceLogps:
+                        progress: bool = True, mixed_precision: str = "no", packing: bool = True) -> ReferenceLogps:
     """Reference log-probs of ``pairs`` under ``reference_spec``: read from the cache, or computed once.
 
-    The cache key is (reference weights, tokenized data, precision); while the file exists, no reference
-    model is loaded at all.
+    The cache key is (reference weights, tokenized data, precision), not the layout (module docstring);
+    while the file exists, no reference model is loaded at all. ``packing``: as ``OptimConfig.packing``.
     """
     reference_fingerprint = model_fingerprint(reference_spec)
     path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision)
@@ -82,7 +90,8 @@ def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: 
         saved = torch.load(path, weights_only=True)
         return ReferenceLogps(saved["chosen"], saved["rejected"], reference_fingerprint, pairs.fingerprint, mixed_precision)
     model, tokenizer = load_policy(reference_spec, dtype="float32", device=device)
-    chosen, rejected, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision)
+    chosen, rejected, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision,
+                                                  packing)
     write_atomic_torch({"chosen": chosen, "rejected": rejected}, path)
     del model
     return ReferenceLogps(chosen, rejected, reference_fingerprint, pairs.fingerprint, mixed_precision, forward_passes=passes)

@@ -94,7 +94,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     if needs_reference:
         if reference_logps is None:
             reference_logps = get_reference_logps(model_spec, pairs, device=device, progress=progress,
-                                                  mixed_precision=optim.mixed_precision)
+                                                  mixed_precision=optim.mixed_precision, packing=optim.packing)
         if reference_logps.data_fingerprint != pairs.fingerprint or len(reference_logps.chosen) != len(pairs):
             raise ValueError("reference log-probs were computed for other data "
                              f"({reference_logps.data_fingerprint} != {pairs.fingerprint})")
@@ -118,8 +118,11 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     steps_in_data = math.ceil(len(order) / optim.batch_size)
     total_steps = min(steps_in_data, optim.max_steps) if optim.max_steps else steps_in_data
     scheduler = _schedule(optimizer, optim, total_steps)
-    # The log-prob pass as one module: accelerate wraps all of it (see ResponseLogps).
-    scorer, optimizer, scheduler = accelerator.prepare(ResponseLogps(model), optimizer, scheduler)
+    # The log-prob pass as one module: accelerate wraps all of it (see ResponseLogps). It packs where the model
+    # can take packed rows (else logs why not); `packing` is the row layout to build batches with, or None.
+    module = ResponseLogps(model, packing=optim.packing)
+    packing = module.packing
+    scorer, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     # Each process takes its share of every step's pairs (DDP); one process takes them all.
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -144,10 +147,12 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
                 weight = len(index) / len(step_pairs)
                 with accelerator.autocast():
                     if is_sft:
-                        loss, step_metrics, tokens = _sft_loss(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device)
+                        loss, step_metrics, tokens = _sft_loss(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device,
+                                                               packing)
                     else:
                         loss, step_metrics, tokens = _preference_loss(scorer, pairs, index, tokenizer.pad_token_id,
-                                                                      accelerator.device, method, hparams, reference_logps)
+                                                                      accelerator.device, method, hparams, reference_logps,
+                                                                      packing)
                 if not torch.isfinite(loss):
                     error = (f"non-finite loss ({loss.item()}) at step {step + 1} of {method} with {hparams}: "
                              "training diverged; lower the learning rate or beta")
@@ -189,16 +194,18 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     return TrainResult(checkpoint_dir, status, error, steps_done, final_loss, seconds, tokens_seen / max(seconds, 1e-9))
 
 
-def _sft_loss(scorer, pairs, index, pad_id, device):
+def _sft_loss(scorer, pairs, index, pad_id, device, packing=None):
     """Mean negative log-likelihood per response token of the chosen responses (prompt tokens excluded)."""
-    sums, counts = chosen_logps(scorer, pairs, index, pad_id, device)
+    sums, counts = chosen_logps(scorer, pairs, index, pad_id, device, packing)
     loss = -sums.sum() / counts.sum().clamp(min=1)
     tokens = int(sum(len(pairs.prompt_ids[i]) + len(pairs.chosen_ids[i]) for i in index))
     return loss, {"chosen_logps": (sums / counts.clamp(min=1)).mean().item()}, tokens
 
 
-def _preference_loss(scorer, pairs, index, pad_id, device, method, hparams, reference_logps):
-    sums, counts = pair_logps(scorer, pairs, index, pad_id, device)
+def _preference_loss(scorer, pairs, index, pad_id, device, method, hparams, reference_logps, packing=None):
+    # tokens: the pairs' non-padding tokens as TRL counts them (the prompt once per side), whatever the layout
+    # computes, so that tokens/s compares layouts and trainers on the same pairs/s basis.
+    sums, counts = pair_logps(scorer, pairs, index, pad_id, device, packing)
     n = len(index)
     reference = {}
     if reference_logps is not None:
