@@ -273,10 +273,12 @@ def test_four_training_steps_packed_and_padded_give_the_same_losses(tiny_model_d
     from posweep.models import load_policy
 
     model, _ = load_policy(str(tiny_model_dir), dtype="float32", device="cpu")
-    packed_reference = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=3, progress=False, packing=True)
-    padded_reference = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=3, progress=False, packing=False)
-    for a, b in zip(packed_reference[:2], padded_reference[:2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    packed_reference, _ = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=3, progress=False, packing=True)
+    padded_reference, _ = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=3, progress=False,
+                                             packing=False)
+    assert set(packed_reference) == {"chosen", "rejected", "chosen_tail", "rejected_tail"}
+    for name, values in packed_reference.items():
+        torch.testing.assert_close(values, padded_reference[name], rtol=1e-5, atol=1e-5)
 
     losses = {}
     for packing in (True, False):

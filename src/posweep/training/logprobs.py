@@ -80,11 +80,17 @@ def response_target_mask(batch: PaddedBatch) -> torch.Tensor:
     return (next_position >= batch.prompt_lengths[:, None]) & (next_position < batch.sequence_lengths[:, None])
 
 
-def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None,
+                 log_sum_sq: bool = False):
+    """log π(target) per position; with ``log_sum_sq`` also log Σ_v π(v)² (WPO's weight; no gradient)."""
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return -F.cross_entropy(logits, targets, reduction="none")
+    logps = -F.cross_entropy(logits, targets, reduction="none")
+    if not log_sum_sq:
+        return logps
+    with torch.no_grad():
+        return logps, torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -109,11 +115,26 @@ def _hidden_and_gather(body, batch: PaddedBatch | PackedRows, attention: PackedA
     return hidden, (row, position, position + 1, row), batch.input_ids.shape[0]
 
 
+def ranks_in_sequence(sequence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """0-based index of each gathered token within its response (tokens of a response are gathered in
+    order in both layouts; a stable sort by sequence keeps that order)."""
+    order = torch.argsort(sequence, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = torch.empty_like(sequence)
+    ranks[order] = torch.arange(len(sequence), device=sequence.device) - starts[sequence[order]]
+    return ranks
+
+
 def response_logps(model, batch: PaddedBatch | PackedRows, chunk_size: int = 1024,
-                   attention: PackedAttention | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   attention: PackedAttention | None = None, pairs_of: int | None = None,
+                   log_sum_sq: bool = False):
     """Per response: (sum of response-token log-probs [float32], number of response tokens).
 
-    ``attention``: how packed rows reach ``model`` (``packed_attention(model)``; computed here if not given)."""
+    ``attention``: how packed rows reach ``model`` (``packed_attention(model)``; computed here if not given).
+    Extras, from the same chunked pass, returned as a third element ``{name: [sequences] tensor}`` when asked:
+    ``pairs_of=n`` (sequences i and n + i are the chosen and rejected response of pair i): ``"tail"``, the sum
+    over the tokens of each response beyond the shorter response of its pair (LD-DPO; 0 for the shorter
+    one); ``log_sum_sq``: ``"log_sum_sq"``, Σ_t log Σ_v π(v | x, y_<t)² (WPO's weights; no gradient)."""
     for name in ("logit_scale", "logits_scaling"):
         # Cohere / Granite-style heads rescale logits after the LM head, each its own way; rather than
         # return silently wrong log-probs, refuse.
@@ -135,13 +156,26 @@ def response_logps(model, batch: PaddedBatch | PackedRows, chunk_size: int = 102
     for start in range(0, selected.shape[0], chunk_size):
         h, t = selected[start : start + chunk_size], targets[start : start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, log_sum_sq, use_reentrant=False))
         else:
-            pieces.append(_chunk_logps(h, t, head, softcap))
+            pieces.append(_chunk_logps(h, t, head, softcap, log_sum_sq))
+    if log_sum_sq:
+        pieces, sq_pieces = [p[0] for p in pieces], [p[1] for p in pieces]
     token_logps = torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
-    sums = sums.index_add(0, sequence, token_logps)
-    return sums, torch.bincount(sequence, minlength=num_sequences)
+    zeros = torch.zeros(num_sequences, dtype=torch.float32, device=token_logps.device)
+    sums = zeros.index_add(0, sequence, token_logps)
+    counts = torch.bincount(sequence, minlength=num_sequences)
+    if pairs_of is None and not log_sum_sq:
+        return sums, counts
+    extras = {}
+    if pairs_of is not None:
+        shared = torch.minimum(counts[:pairs_of], counts[pairs_of:]).repeat(2)
+        tail = ranks_in_sequence(sequence, counts) >= shared[sequence]
+        extras["tail"] = zeros.index_add(0, sequence[tail], token_logps[tail])
+    if log_sum_sq:
+        token_sq = torch.cat(sq_pieces) if sq_pieces else token_logps.detach()
+        extras["log_sum_sq"] = zeros.index_add(0, sequence, token_sq)
+    return sums, counts, extras
 
 
 def naive_response_logps(model, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,20 +252,26 @@ class ResponseLogps(torch.nn.Module):
         """The packed row layout this module takes, or ``None`` (padded rows)."""
         return self.attention.packing if self.attention is not None else None
 
-    def forward(self, batch: PaddedBatch | PackedRows) -> tuple[torch.Tensor, torch.Tensor]:
-        return response_logps(self.model, batch, self.chunk_size, self.attention)
+    def forward(self, batch: PaddedBatch | PackedRows, pairs_of: int | None = None, log_sum_sq: bool = False):
+        return response_logps(self.model, batch, self.chunk_size, self.attention, pairs_of, log_sum_sq)
 
 
-def pair_logps(scorer, pairs: TokenizedPairs, index: list[int], pad_id: int, device, packing: Packing | None = None):
+def pair_logps(scorer, pairs: TokenizedPairs, index: list[int], pad_id: int, device, packing: Packing | None = None,
+               tails: bool = False, log_sum_sq: bool = False):
     """One forward pass of ``scorer`` (a ``ResponseLogps``, possibly wrapped by accelerate) over the pairs at
     ``index``: (sums, counts) of length 2·len(index), chosen first. ``packing=None``: rows
     ``[chosen rows; rejected rows]``, each ``prompt + response``, right-padded; a ``Packing``: packed rows
-    ``[prompt chosen rejected ...]`` (the scorer's ``packing``)."""
+    ``[prompt chosen rejected ...]`` (the scorer's ``packing``). ``tails`` / ``log_sum_sq``: also the extras
+    of ``response_logps`` (a third element)."""
     prompts = [pairs.prompt_ids[i] for i in index]
     chosen, rejected = [pairs.chosen_ids[i] for i in index], [pairs.rejected_ids[i] for i in index]
     if packing is not None:
-        return scorer(pack_pairs(prompts, chosen, rejected, pad_id, packing).to(device))
-    return scorer(pack(prompts + prompts, chosen + rejected, pad_id).to(device))
+        batch = pack_pairs(prompts, chosen, rejected, pad_id, packing)
+    else:
+        batch = pack(prompts + prompts, chosen + rejected, pad_id)
+    if not tails and not log_sum_sq:
+        return scorer(batch.to(device))
+    return scorer(batch.to(device), pairs_of=len(index) if tails else None, log_sum_sq=log_sum_sq)
 
 
 def chosen_logps(scorer, pairs: TokenizedPairs, index: list[int], pad_id: int, device, packing: Packing | None = None):

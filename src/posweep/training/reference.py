@@ -37,14 +37,19 @@ class ReferenceLogps:
 
     chosen: torch.Tensor  # [pairs] float32
     rejected: torch.Tensor  # [pairs] float32
+    chosen_tail: torch.Tensor  # [pairs]: beyond the pair's shorter response (LD-DPO; every α shares them)
+    rejected_tail: torch.Tensor  # [pairs]
     reference_fingerprint: str
     data_fingerprint: str
     mixed_precision: str = "no"
     forward_passes: int = 0  # 0 when read from the cache
 
 
+CACHE_FORMAT = 2  # 2: with the LD-DPO tails
+
+
 def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no") -> Path:
-    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{mixed_precision}.pt"
+    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{mixed_precision}-v{CACHE_FORMAT}.pt"
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -54,8 +59,9 @@ def _autocast(device: torch.device, mixed_precision: str):
 
 @torch.no_grad()
 def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: int = 16, progress: bool = True,
-                       mixed_precision: str = "no", packing: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(chosen, rejected) summed log-probs of every pair under ``model``; also the number of forward passes.
+                       mixed_precision: str = "no", packing: bool = True) -> tuple[dict[str, torch.Tensor], int]:
+    """{"chosen", "rejected", "chosen_tail", "rejected_tail"}: per pair, the summed log-probs under ``model``
+    of each response and of its part beyond the pair's shorter response; also the number of forward passes.
 
     ``packing``: pack each batch's pairs with shared prompts where the model supports it (else padded rows)."""
     model.eval()
@@ -63,18 +69,20 @@ def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: in
     passes = 0
     # Longest first so the first batch shows the peak memory, and similar lengths share a batch.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs.prompt_ids[i]) + max(len(pairs.chosen_ids[i]), len(pairs.rejected_ids[i]))))
-    values = torch.zeros(len(pairs), 2)
+    values = torch.zeros(len(pairs), 4)
     scorer = ResponseLogps(model, packing=packing)
     with progress_bar(progress) as bar:
         task = bar.add_task("reference log-probs", total=len(pairs), info="")
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             with _autocast(device, mixed_precision):
-                sums, _ = pair_logps(scorer, pairs, index, pad_id, device, scorer.packing)
-            values[index, 0], values[index, 1] = sums[: len(index)].cpu(), sums[len(index):].cpu()
+                sums, _, extras = pair_logps(scorer, pairs, index, pad_id, device, scorer.packing, tails=True)
+            n = len(index)
+            values[index] = torch.stack([sums[:n], sums[n:], extras["tail"][:n], extras["tail"][n:]], dim=1).cpu()
             passes += 1
             bar.update(task, advance=len(index))
-    return values[:, 0].contiguous(), values[:, 1].contiguous(), passes
+    names = ("chosen", "rejected", "chosen_tail", "rejected_tail")
+    return {name: values[:, i].contiguous() for i, name in enumerate(names)}, passes
 
 
 def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: int = 16, device: str | None = None,
@@ -88,10 +96,11 @@ def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: 
     path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision)
     if path.exists():
         saved = torch.load(path, weights_only=True)
-        return ReferenceLogps(saved["chosen"], saved["rejected"], reference_fingerprint, pairs.fingerprint, mixed_precision)
+        return ReferenceLogps(**saved, reference_fingerprint=reference_fingerprint,
+                              data_fingerprint=pairs.fingerprint, mixed_precision=mixed_precision)
     model, tokenizer = load_policy(reference_spec, dtype="float32", device=device)
-    chosen, rejected, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision,
-                                                  packing)
-    write_atomic_torch({"chosen": chosen, "rejected": rejected}, path)
+    values, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision, packing)
+    write_atomic_torch(values, path)
     del model
-    return ReferenceLogps(chosen, rejected, reference_fingerprint, pairs.fingerprint, mixed_precision, forward_passes=passes)
+    return ReferenceLogps(**values, reference_fingerprint=reference_fingerprint, data_fingerprint=pairs.fingerprint,
+                          mixed_precision=mixed_precision, forward_passes=passes)
