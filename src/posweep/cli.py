@@ -107,8 +107,8 @@ def _train_command(method: str, model: str, data: str, out: Path, config: Path |
     job = TrainJob.from_file(config, **values) if config else TrainJob.model_validate(
         {k: v for k, v in values.items() if v is not None})
     if job.method is None or (method is None and job.method == "sft"):
-        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)}; "
-             "for supervised fine-tuning use `posweep sft`")
+        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)} "
+             "(or a combination such as dpo+nll); for supervised fine-tuning use `posweep sft`")
     optim = job.optim.model_copy(update={k: v for k, v in optim_overrides.items() if v is not None})
     optim = _with_scale(optim, **(scale or {}))
     limits = job.limits.model_copy(update={k: v for k, v in {"max_prompt_length": max_prompt_length,
@@ -119,7 +119,7 @@ def _train_command(method: str, model: str, data: str, out: Path, config: Path |
     if result.status != "done":
         fail(f"{job.method} run failed: {result.error}")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process speaks for the run
-            console.print(f"[green]done[/] {result.steps} steps, final loss {result.final_loss:.4f}, "
+        console.print(f"[green]done[/] {result.steps} steps, final loss {result.final_loss:.4f}, "
                       f"{result.tokens_per_second:.0f} tokens/s → {result.checkpoint_dir}")
 
 
@@ -188,15 +188,33 @@ def sft(model: str | None = _MODEL, data: str | None = _DATA, out: Path | None =
                         lora_target=lora_target, lora_merge=lora_merge, lora_quantize=lora_quantize, report_to=report_to))
 
 
+def _parse_hparams(pairs: list[str]) -> dict[str, float]:
+    """``["beta=0.1", "nll_weight=0.5"]`` → ``{"beta": 0.1, "nll_weight": 0.5}``; a bad item is a user error."""
+    values = {}
+    for item in pairs:
+        name, sep, text = item.partition("=")
+        try:
+            values[name.strip()] = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"--hparam {item!r}: expected NAME=NUMBER, e.g. --hparam beta=0.1")
+    return values
+
+
 @app.command()
 @user_errors
-def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...)."),
+def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...) "
+                                                        "or a combination such as dpo+nll."),
           model: str | None = _MODEL, data: str | None = _DATA, out: Path | None = _OUT,
           config: Path | None = _CONFIG, layout: str = typer.Option("pairs", help="pairs | pku-saferlhf"),
-          beta: float | None = None, gamma_beta_ratio: float | None = None, alpha: float | None = None,
-          tau: float | None = None, epsilon: float | None = None,
-          nll_weight: float | None = typer.Option(None, help="cpo: weight of the chosen NLL term (lambda)."),
-          odds_ratio_weight: float | None = typer.Option(None, help="orpo: weight of the odds-ratio term (lambda)."),
+          hparam: list[str] = typer.Option([], "--hparam", metavar="NAME=VALUE",
+                                           help="A hyperparameter of the method (repeatable): --hparam ld_alpha=0.5. "
+                                                "`posweep methods` lists each method's names."),
+          beta: float | None = typer.Option(None, help="Shortcut for --hparam beta=..."),
+          gamma_beta_ratio: float | None = typer.Option(None, help="Shortcut for --hparam gamma_beta_ratio=..."),
+          alpha: float | None = None, tau: float | None = None, epsilon: float | None = None,
+          nll_weight: float | None = None, odds_ratio_weight: float | None = None,
           learning_rate: float | None = typer.Option(None, "--lr"), epochs: float | None = None,
           batch_size: int | None = None, micro_batch_size: int | None = None, max_steps: int | None = None,
           seed: int | None = None, mixed_precision: str | None = typer.Option(None, help="no | bf16 | fp16"),
@@ -206,10 +224,14 @@ def train(method: str | None = typer.Option(None, help="A method of `posweep met
           lora_dropout: float | None = _LORA_DROPOUT, lora_target: str | None = _LORA_TARGET,
           lora_merge: bool = _LORA_MERGE, lora_quantize: str | None = _LORA_QUANTIZE,
           report_to: str | None = _REPORT_TO) -> None:
-    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache."""
+    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache.
+
+    Hyperparameters: ``--hparam NAME=VALUE`` for any method's (repeatable); the older per-name options
+    (--beta, --tau, ...) still work and win over a --hparam of the same name."""
+    shortcuts = dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
+                     nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight)
     _train_command(method, model, data, out, config, layout,
-                   dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
-                        nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight),
+                   {**_parse_hparams(hparam), **{k: v for k, v in shortcuts.items() if v is not None}},
                    dict(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,
                         max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length,
                    dict(model_dtype=model_dtype, activation_checkpointing=activation_checkpointing, fsdp=fsdp,
@@ -223,23 +245,33 @@ def train(method: str | None = typer.Option(None, help="A method of `posweep met
 @app.command()
 @user_errors
 def methods(as_json: bool = typer.Option(False, "--json", help="Print the methods as JSON.")) -> None:
-    """The preference-optimization methods: loss, default hyperparameters, study grid, reference, TRL name."""
+    """Every method: loss, defaults, study grid, reference need, TRL name, components of a combination."""
     from posweep.losses import describe_methods
 
     rows = describe_methods()
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="methods (rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens)")
-    for column in ("name", "loss", "defaults", "study grid", "reference", "TRL"):
-        table.add_column(column)
+    console.print("rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens; "
+                  "a+b+... combines methods (hyperparameters shared by name, weights <method>_weight)",
+                  soft_wrap=True, markup=False)
     for row in rows:
-        defaults = ", ".join(f"{key}={value:g}" for key, value in row["hyperparameters"].items())
-        grid = "; ".join(f"{key} ∈ {{{', '.join(f'{v:g}' for v in values)}}}"
-                         for key, values in row["study_grid"].items())
-        table.add_row(row["name"], row["formula"], defaults, grid, "yes" if row["needs_reference"] else "no",
-                      row["trl_name"] or "-")
-    console.print(table)
+        # One block per method, never folded: a formula or TRL name stays one copyable line.
+        lines = [f"[bold]{escape(row['name'])}[/]  reference: {'yes' if row['needs_reference'] else 'no'}"
+                 f"  TRL 1.16: {escape(row['trl_name'] or '-')}"]
+        if row["components"]:
+            lines.append("  components  " + " + ".join(f"{w:g}·{c}" for c, w in row["components"].items()))
+        lines.append(f"  loss        {escape(row['formula'])}")
+        if row["hyperparameters"]:
+            lines.append("  defaults    " + ", ".join(f"{k}={v:g}" for k, v in row["hyperparameters"].items()))
+            lines.append("  study grid  " + "; ".join(
+                f"{k} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in row["study_grid"].items()))
+        if row["inputs"]:
+            lines.append("  needs       " + ", ".join(row["inputs"]))
+        if row["batch_level"]:
+            lines.append("  batch-level its value depends on which pairs share a micro-batch")
+        lines.append(f"  source      {escape(row['source'])}")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class UserError(Exception):
@@ -98,7 +98,7 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 # OptimConfig fields that say how a run is laid out or watched, not what it computes: they stay out of run
 # ids and of what finished runs pin (like the executor), so switching them on never reruns a sweep.
-LAYOUT_FIELDS = ("activation_checkpointing", "fsdp", "report_to")
+LAYOUT_FIELDS = ("activation_checkpointing", "fsdp", "report_to", "packing")
 
 
 class OptimConfig(Strict):
@@ -119,6 +119,10 @@ class OptimConfig(Strict):
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = Field(1, gt=0)
+    packing: bool = Field(True, description=(
+        "true: each micro-batch's pairs packed end to end without padding, each prompt computed once "
+        "(posweep.training.packing), where the model's attention can take the mask; otherwise padded rows, with "
+        "the reason logged. false: always padded rows. Same log-probs either way, up to float rounding."))
     # float32: float32 master weights (16 bytes/parameter with AdamW); bfloat16: weights, gradients and
     # AdamW states in bf16 (8 bytes/parameter), for models that do not fit otherwise.
     model_dtype: Literal["float32", "bfloat16"] = Field("float32", exclude_if=lambda v: v == "float32")
@@ -128,6 +132,16 @@ class OptimConfig(Strict):
     fsdp: FSDPConfig | None = Field(None, exclude_if=lambda v: v is None,
                                     description="shard over the run's processes instead of replicating (DDP)")
     report_to: list[Literal[TRACKERS]] = Field(default_factory=list, exclude_if=lambda v: not v)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_packing(self, handler):
+        # packing is how a run computes, not what it computes (the same numbers either way): leaving the
+        # default out of dumps keeps run ids and sweep contexts, which hash model_dump(), as they were before
+        # the field existed, while an explicit `packing: false` is still written out and read back.
+        data = handler(self)
+        if isinstance(data, dict) and self.packing:
+            data.pop("packing", None)
+        return data
 
     def identity(self, exclude: set[str] = frozenset()) -> dict:
         """What the run computes: the dump without the layout fields (``LAYOUT_FIELDS``), for run ids."""

@@ -122,14 +122,17 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
         with accelerator.main_process_first():
             reference_logps = get_reference_logps(model_spec, pairs, device=accelerator.device,
                                                   progress=progress and main, mixed_precision=optim.mixed_precision,
-                                                  model_dtype=weights, model=None if sharded else model)
+                                                  packing=optim.packing, model_dtype=weights,
+                                                  model=None if sharded else model)
         _check_reference(reference_logps, pairs, optim, weights)
     tied = distributed.tied_duplicates(model)
     policy = lora.add_adapters(model, optim.lora, model_spec, optim.activation_checkpointing) if optim.lora else model
     if optim.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # The log-prob pass as one module: DDP / FSDP wrap all of it (see ResponseLogps).
-    scorer = ResponseLogps(model)
+    # The log-prob pass as one module: DDP / FSDP wrap all of it (see ResponseLogps). It packs where the model
+    # can take packed rows (else logs why not); `packing` is the row layout to build batches with, or None.
+    scorer = ResponseLogps(model, packing=optim.packing)
+    packing = scorer.packing
     if sharded:
         scorer = distributed.shard(scorer, optim.fsdp, accelerator.device)
     trainable = [p for p in scorer.parameters() if p.requires_grad]
@@ -160,9 +163,9 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
 
     def loss_of(index: list[int]):
         if is_sft:
-            return _sft_objective(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device)
+            return _sft_objective(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device, packing)
         return _preference_objective(scorer, pairs, index, tokenizer.pad_token_id, accelerator.device, method,
-                                     hparams, reference_logps)
+                                     hparams, reference_logps, packing)
 
     scorer.train()
     started, tokens_seen, final_loss, error = time.perf_counter(), 0, float("nan"), None
@@ -250,18 +253,19 @@ def _check_reference(reference_logps: ReferenceLogps, pairs: TokenizedPairs, opt
                     "margins carry that rounding", reference_logps.model_dtype, weights)
 
 
-def _sft_objective(scorer, pairs, index, pad_id, device):
+def _sft_objective(scorer, pairs, index, pad_id, device, packing=None):
     """Summed NLL of the chosen responses' tokens (prompt excluded); the loop divides by the step's tokens,
     so the step's loss is the mean NLL per response token however its examples are grouped."""
-    sums, counts = chosen_logps(scorer, pairs, index, pad_id, device)
+    sums, counts = chosen_logps(scorer, pairs, index, pad_id, device, packing)
     tokens = int(sum(len(pairs.prompt_ids[i]) + len(pairs.chosen_ids[i]) for i in index))
     return -sums.sum(), {"chosen_logps": (sums / counts.clamp(min=1)).sum().item()}, tokens
 
 
-def _preference_objective(scorer, pairs, index, pad_id, device, method, hparams, reference_logps):
+def _preference_objective(scorer, pairs, index, pad_id, device, method, hparams, reference_logps, packing=None):
     """Summed per-pair losses of the pairs at ``index`` and summed per-pair metrics (the loop divides by
-    the step's pair count)."""
-    sums, counts = pair_logps(scorer, pairs, index, pad_id, device)
+    the step's pair count). ``tokens``: the pairs' non-padding tokens as TRL counts them (the prompt once per
+    side), whatever the layout computes, so tokens/s compares layouts and trainers on the same basis."""
+    sums, counts = pair_logps(scorer, pairs, index, pad_id, device, packing)
     n = len(index)
     reference = {}
     if reference_logps is not None:
