@@ -58,6 +58,8 @@ class ExecutorConfig(Strict):
     address: str | None = Field(None, description="Ray cluster address (e.g. auto); none starts a local Ray")
     num_cpus: float = Field(1, gt=0, description="CPUs each Ray task requests")
     max_retries: int = Field(2, ge=0, description="Ray retries of a task whose worker died")
+    processes_per_run: int = Field(1, ge=1, description="devices (processes) per run: > 1 runs each with torchrun, "
+                                   "data-parallel, or sharded with optim.fsdp")
 
 
 class SweepConfig(Strict):

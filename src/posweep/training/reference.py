@@ -2,8 +2,10 @@
 
 In: a reference model spec (the chosen SFT checkpoint in a sweep) and ``TokenizedPairs``. Out:
 ``ReferenceLogps`` (summed chosen / rejected response log-probs by pair index), cached on disk under
-``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision); while the file
-exists no reference model is loaded at all (docs/DESIGN.md section 5).
+``$POSWEEP_CACHE/reference/`` keyed by (reference weights, tokenized data, mixed precision, weight dtype
+when not float32); while the file exists no reference model is loaded at all (docs/DESIGN.md section 5).
+The trainer may hand in the policy it has just loaded (it *is* the reference at step 0), so a cache miss
+costs no second copy.
 
 The key does not include the row layout (packed rows with shared prompts, or padded rows;
 ``posweep.training.packing``), nor the batch size, on purpose: both change only how the same function of
@@ -43,13 +45,16 @@ class ReferenceLogps:
     data_fingerprint: str
     mixed_precision: str = "no"
     forward_passes: int = 0  # 0 when read from the cache
+    model_dtype: str = "float32"  # the weights' dtype the log-probs were computed with
 
 
 CACHE_FORMAT = 2  # 2: with the LD-DPO tails
 
 
-def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no") -> Path:
-    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{mixed_precision}-v{CACHE_FORMAT}.pt"
+def reference_cache_path(reference_fingerprint: str, data_fingerprint: str, mixed_precision: str = "no",
+                         model_dtype: str = "float32") -> Path:
+    precision = mixed_precision if model_dtype == "float32" else f"{mixed_precision}-{model_dtype}"
+    return cache_root() / "reference" / f"{reference_fingerprint}-{data_fingerprint}-{precision}-v{CACHE_FORMAT}.pt"
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -86,21 +91,28 @@ def compute_pair_logps(model, pairs: TokenizedPairs, pad_id: int, batch_size: in
 
 
 def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: int = 16, device: str | None = None,
-                        progress: bool = True, mixed_precision: str = "no", packing: bool = True) -> ReferenceLogps:
+                        progress: bool = True, mixed_precision: str = "no", packing: bool = True,
+                        model_dtype: str = "float32", model=None) -> ReferenceLogps:
     """Reference log-probs of ``pairs`` under ``reference_spec``: read from the cache, or computed once.
 
-    The cache key is (reference weights, tokenized data, precision), not the layout (module docstring);
-    while the file exists, no reference model is loaded at all. ``packing``: as ``OptimConfig.packing``.
+    The cache key is (reference weights, tokenized data, precision, weight dtype), not the layout (module
+    docstring); while the file exists, no reference model is loaded at all. ``packing``: as
+    ``OptimConfig.packing``. ``model``: ``reference_spec`` already loaded in ``model_dtype`` (the trainer's
+    policy before its first step), used instead of loading a copy.
     """
     reference_fingerprint = model_fingerprint(reference_spec)
-    path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision)
+    path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision, model_dtype)
     if path.exists():
         saved = torch.load(path, weights_only=True)
         return ReferenceLogps(**saved, reference_fingerprint=reference_fingerprint,
-                              data_fingerprint=pairs.fingerprint, mixed_precision=mixed_precision)
-    model, tokenizer = load_policy(reference_spec, dtype="float32", device=device)
-    values, passes = compute_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size, progress, mixed_precision, packing)
+                              data_fingerprint=pairs.fingerprint, mixed_precision=mixed_precision,
+                              model_dtype=model_dtype)
+    if model is None:
+        model, tokenizer = load_policy(reference_spec, dtype=model_dtype, device=device)
+        pad_id = tokenizer.pad_token_id
+    else:
+        pad_id = model.config.pad_token_id  # any id: masks come from lengths, never from the pad id
+    values, passes = compute_pair_logps(model, pairs, pad_id, batch_size, progress, mixed_precision, packing)
     write_atomic_torch(values, path)
-    del model
     return ReferenceLogps(**values, reference_fingerprint=reference_fingerprint, data_fingerprint=pairs.fingerprint,
-                          mixed_precision=mixed_precision, forward_passes=passes)
+                          mixed_precision=mixed_precision, forward_passes=passes, model_dtype=model_dtype)
