@@ -356,3 +356,41 @@ def test_orpo_parity_with_trl_orpo_trainer(parity_models, tokenizer, tmp_path):
     assert trl - trl_nll == pytest.approx((ours.losses - per_pair_nll).mean().item(), abs=1e-5)
     assert trainer._stored_metrics["train"]["rewards/chosen"][-1] == pytest.approx(
         ours.chosen_rewards.mean().item(), abs=1e-5)
+
+
+def test_ld_dpo_and_wpo_through_the_log_prob_pass_and_the_reference_cache(dpo, tokenizer, tmp_path, monkeypatch):
+    """End to end: posweep's own chunked pass gives the policy's tails and log Σ π², its reference cache
+    (written once, then read: no second reference pass) the reference's tails, and the losses match TRL's
+    ld_alpha at two α and use_weighting. Tolerance 1e-4: the inputs come from two float32 passes here (the
+    formula parity at 1e-5 is the tests above, on identical inputs)."""
+    from posweep.data import TokenizedPairs
+    from posweep.training.logprobs import ResponseLogps, pair_logps
+    from posweep.training.reference import get_reference_logps
+
+    monkeypatch.setenv("POSWEEP_CACHE", str(tmp_path / "cache"))
+    batch, n = dpo.batch, len(TEXT_PAIRS)
+    prompts, responses = rows_from_completion_mask(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    pairs = TokenizedPairs([str(i) for i in range(n)], prompts[:n], responses[:n], responses[n:], "ld-test", {})
+    reference_dir = tmp_path / "reference"
+    dpo.trainer.ref_model.save_pretrained(reference_dir)
+    tokenizer.save_pretrained(reference_dir)
+    first = get_reference_logps(str(reference_dir), pairs, progress=False, device="cpu")
+    cached = get_reference_logps(str(reference_dir), pairs, progress=False, device="cpu")
+    assert first.forward_passes > 0 and cached.forward_passes == 0
+    torch.testing.assert_close(cached.chosen_tail, first.chosen_tail)
+
+    with torch.no_grad():
+        sums, counts, extras = pair_logps(ResponseLogps(dpo.trainer.model, packing=True), pairs, list(range(n)),
+                                          tokenizer.pad_token_id, "cpu", None, tails=True, log_sum_sq=True)
+    inputs = {"policy_chosen_logps": sums[:n], "policy_rejected_logps": sums[n:],
+              "chosen_lengths": counts[:n].float(), "rejected_lengths": counts[n:].float(),
+              "reference_chosen_logps": cached.chosen, "reference_rejected_logps": cached.rejected,
+              "policy_chosen_tail_logps": extras["tail"][:n], "policy_rejected_tail_logps": extras["tail"][n:],
+              "reference_chosen_tail_logps": cached.chosen_tail, "reference_rejected_tail_logps": cached.rejected_tail,
+              "policy_chosen_log_sum_sq_probs": extras["log_sum_sq"][:n],
+              "policy_rejected_log_sum_sq_probs": extras["log_sum_sq"][n:]}
+    for ld_alpha in (0.3, 0.7):
+        ours = compute_loss("ld_dpo", hparams={"beta": 0.3, "ld_alpha": ld_alpha}, **inputs).loss.item()
+        assert ours == pytest.approx(trl_dpo_loss(dpo.trainer, batch, "sigmoid", 0.3, ld_alpha=ld_alpha), abs=1e-4)
+    ours = compute_loss("wpo", hparams={"beta": 0.3}, **inputs).loss.item()
+    assert ours == pytest.approx(trl_dpo_loss(dpo.trainer, batch, "sigmoid", 0.3, use_weighting=True), abs=1e-4)

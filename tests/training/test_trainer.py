@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,12 @@ def test_step_one_rewards_are_zero_under_mixed_precision(tiny_model_dir, tokeniz
     with pytest.raises(ValueError, match="mixed_precision"):
         train_preference(str(tiny_model_dir), tokenized, "dpo", {}, FAST, tmp_path / "x", reference_logps=reference,
                          progress=False, device="cpu")
+
+
+def test_methods_with_extra_inputs_train(tiny_model_dir, tokenized, tmp_path):
+    """LD-DPO (tails from the pass and the reference cache) and WPO (log Σ π²) get their inputs from the loop."""
+    for method in ("ld_dpo", "wpo", "dpo+ld_dpo"):
+        result = train_preference(str(tiny_model_dir), tokenized, method, {}, FAST, tmp_path / method, progress=False,
+                                  device="cpu")
+        assert result.status == "done", result.error
+        assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path / method))

@@ -37,6 +37,7 @@ from posweep.data import TokenizedPairs
 from posweep.io import write_atomic_folder, write_atomic_json
 from posweep.losses import get_method
 from posweep.losses.functions import compute_loss
+from posweep.losses.method import LOG_SUM_SQ_INPUTS, TAIL_INPUTS
 from posweep.models import load_policy
 from posweep.progress import progress_bar
 from posweep.training import distributed, lora, trackers
@@ -265,14 +266,25 @@ def _preference_objective(scorer, pairs, index, pad_id, device, method, hparams,
     """Summed per-pair losses of the pairs at ``index`` and summed per-pair metrics (the loop divides by
     the step's pair count). ``tokens``: the pairs' non-padding tokens as TRL counts them (the prompt once per
     side), whatever the layout computes, so tokens/s compares layouts and trainers on the same basis."""
-    sums, counts = pair_logps(scorer, pairs, index, pad_id, device, packing)
+    wanted = get_method(method).inputs  # extra per-pair inputs (LD-DPO's tails, WPO's log Σπ²)
+    tails, log_sum_sq = bool(set(wanted) & set(TAIL_INPUTS)), bool(set(wanted) & set(LOG_SUM_SQ_INPUTS))
+    sums, counts, *rest = pair_logps(scorer, pairs, index, pad_id, device, packing, tails=tails, log_sum_sq=log_sum_sq)
+    extras = rest[0] if rest else {}
     n = len(index)
-    reference = {}
+    inputs = {}
     if reference_logps is not None:
-        reference = {"reference_chosen_logps": reference_logps.chosen[index].to(device),
-                     "reference_rejected_logps": reference_logps.rejected[index].to(device)}
+        inputs = {"reference_chosen_logps": reference_logps.chosen[index].to(device),
+                  "reference_rejected_logps": reference_logps.rejected[index].to(device)}
+    if tails:
+        inputs.update(policy_chosen_tail_logps=extras["tail"][:n], policy_rejected_tail_logps=extras["tail"][n:])
+        if reference_logps is not None:
+            inputs.update(reference_chosen_tail_logps=reference_logps.chosen_tail[index].to(device),
+                          reference_rejected_tail_logps=reference_logps.rejected_tail[index].to(device))
+    if log_sum_sq:
+        inputs.update(policy_chosen_log_sum_sq_probs=extras["log_sum_sq"][:n],
+                      policy_rejected_log_sum_sq_probs=extras["log_sum_sq"][n:])
     output = compute_loss(method, hparams=hparams, policy_chosen_logps=sums[:n], policy_rejected_logps=sums[n:],
-                          chosen_lengths=counts[:n].float(), rejected_lengths=counts[n:].float(), **reference)
+                          chosen_lengths=counts[:n].float(), rejected_lengths=counts[n:].float(), **inputs)
     margins = (output.chosen_rewards - output.rejected_rewards).detach()
     metrics = {"reward_accuracy": (margins > 0).float().sum().item(), "reward_margin": margins.sum().item(),
                "chosen_reward": output.chosen_rewards.sum().item(), "rejected_reward": output.rejected_rewards.sum().item(),
