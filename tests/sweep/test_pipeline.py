@@ -26,8 +26,10 @@ def test_sweep_runs_every_stage_and_writes_the_layout(tmp_path, fakes, micro_con
     assert result.counts["done"] == 5 and result.counts["failed"] == 0
     assert sorted(fakes.trained()) == sorted(r.run_id for r in runs)
     assert fakes.count("get_reference_logps") == 1  # once, shared by both dpo runs
-    # Two baselines: the starting model (compared with by SFT runs) and the chosen SFT (by PO runs).
-    assert fakes.count("get_baseline") == 2 and fakes.count("load_judge") == 1
+    # Two baselines: the starting model's (compared with by SFT runs), sampled; the chosen SFT's (by PO runs),
+    # taken from that run's own evaluation.
+    assert fakes.count("get_baseline") == 1 and fakes.count("load_judge") == 1
+    assert [c[1] for c in fakes.calls if c[0] == "baseline_from_run"] == [runs[1].run_id]
 
     info = json.loads((out / "sweep_info.json").read_text())
     best_sft = runs[1]  # learning rate 2e-5 scores best in the fake
