@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from posweep.config import DataLimits, SamplingSpec
-from posweep.data import PromptItem, encode_prompt, encode_response, end_of_turn_id, pairs_from_rows, tokenize_pairs
+from posweep.data import (
+    PromptItem,
+    encode_prompt,
+    encode_response,
+    end_of_turn_id,
+    pairs_from_rows,
+    tokenize_pairs,
+)
 from posweep.evaluation import sampled_logps
 from posweep.generation import sample_responses, split_at_stop, stop_token_ids
 from posweep.generation.vllm_backend import completion_result, prompt_seed, sample_vllm

@@ -37,7 +37,6 @@ from posweep.sweep.plan import PlannedRun, RunJob, describe_changes, plan_runs, 
 from posweep.sweep.run import quiet_libraries
 from posweep.sweep.state import StateDB, SweepError, sweep_lock
 
-
 # What a run's metrics mean (docs/DESIGN.md section 3), pinned by finished runs like the rest of the context.
 # 2: KL at the sampling temperature, responses ended by the model's own end-of-turn tokens, held-out split.
 EVALUATION_RULES = 2
