@@ -132,3 +132,20 @@ def test_selection_split_is_a_stable_function_of_the_ids():
     assert selection_split(ids, 0.3, seed=1) != chosen
     assert selection_split(ids, None) == set() and selection_split(["a"], 0.5) == set()
     assert len(selection_split(["a", "b"], 0.01)) == 1 and len(selection_split(["a", "b"], 0.99)) == 1
+
+
+def test_a_sweep_reads_gzipped_files_as_published(tmp_path, fakes, micro_config, data_files):
+    """HH-RLHF's test split is published as test.jsonl.gz; a sweep takes it (and gzipped pairs) as they are."""
+    import gzip
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "hh_rlhf.jsonl"
+    prompts = tmp_path / "test.jsonl.gz"
+    prompts.write_bytes(gzip.compress(fixture.read_bytes()))
+    pairs = tmp_path / "train.jsonl.gz"
+    pairs.write_bytes(gzip.compress(data_files[0].read_bytes()))
+    config = {**micro_config, "train_data": {"source": str(pairs), "layout": "pairs"},
+              "test_prompts": {"source": str(prompts), "layout": "hh-rlhf"}}
+    result = sweep(config, tmp_path / "sweep")
+    assert result.counts["done"] == 5
+    info = json.loads((tmp_path / "sweep" / "sweep_info.json").read_text())
+    assert info["test_prompts"]["n"] == 3 and info["train_data"]["n"] == 8  # the fixture keeps 3 of 6 transcripts
