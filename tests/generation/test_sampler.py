@@ -21,7 +21,7 @@ from posweep.generation import (
     sample_responses,
     split_at_stop,
 )
-from posweep.generation.decode import padding_groups
+from posweep.generation.decode import padding_groups, shared_prefix_length
 
 QUESTIONS = ["Hi", "What is the capital of France? Answer briefly, please.", "How do I bake bread at home?",
              "Tell me a joke", "Explain photosynthesis to a ten year old in two sentences.", "Why is the sky blue?"]
@@ -56,6 +56,12 @@ def test_split_at_stop():
     assert split_at_stop([4, 9, 2, 7], [2, 9]) == ([4], 9)  # the first stop token of any kind
     assert split_at_stop([2, 9], [2]) == ([], 2)
     assert split_at_stop([4, 5, 6], [2]) == ([4, 5, 6], None)
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows: all but the last token
+    assert shared_prefix_length([[7], [1, 2]]) == 0 and shared_prefix_length([[4, 5, 6]]) == 2
 
 
 def test_padding_groups():

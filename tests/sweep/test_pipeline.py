@@ -165,3 +165,25 @@ def test_sft_free_sweep_uses_the_model_as_sft(tmp_path, fakes, micro_config, tin
     result = sweep({**micro_config, "model": str(model_copy), "sft": None}, out)
     assert result.counts["done"] == 3 and fakes.count("train_sft") == 0
     assert json.loads((out / "sweep_info.json").read_text())["sft_run_id"] is None
+
+
+def test_sampling_backend_is_resolved_once_and_pinned(tmp_path, fakes, micro_config):
+    out = tmp_path / "sweep"
+    sweep(micro_config, out)
+    info = json.loads((out / "sweep_info.json").read_text())
+    assert info["sampling_backend"] == "hf" == info["sampling"]["backend"]  # auto, on a machine without vLLM
+    with sqlite3.connect(out / "state.sqlite") as connection:  # as if the finished runs had been sampled by vLLM
+        connection.execute("UPDATE meta SET value = '\"vllm\"' WHERE key = 'sampling_backend'")
+    with pytest.raises(SweepConfigError, match="sampled with the vllm backend.*set sampling.backend: vllm"):
+        sweep(micro_config, out)
+
+
+def test_sweep_from_before_the_evaluation_rules_is_refused(tmp_path, fakes, micro_config):
+    out = tmp_path / "sweep"
+    sweep(micro_config, out)
+    with sqlite3.connect(out / "state.sqlite") as connection:  # what a sweep of the temperature-1 KL recorded
+        (value,) = connection.execute("SELECT value FROM meta WHERE key = 'context'").fetchone()
+        old = {k: v for k, v in json.loads(value).items() if k != "evaluation"}
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'context'", (json.dumps(old),))
+    with pytest.raises(SweepConfigError, match="evaluation: None -> 2"):
+        sweep(micro_config, out)

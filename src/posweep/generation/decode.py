@@ -86,50 +86,74 @@ def padding_groups(lengths: list[int], tolerance: float) -> list[list[int]]:
     return groups
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares (a chat template's system prompt, say), leaving every row at
+    least one token of its own (the prefill must return each row's last-position logits)."""
+    shortest = min(len(row) for row in rows)
+    length = 0
+    while length < shortest - 1 and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
 class DynamicEngine:
     """A ``DynamicCache``; stopped rows leave the batch every step (see the module docstring).
 
-    ``prefill_padding``: how much padding a prefill call may compute, as a share of its longest prompt. On
-    CPU (default 0.1) the batch is prefilled in groups of similar length, so almost no padding is computed;
-    on GPU (default: no limit) in one call, because there a call's fixed cost outweighs the padding."""
+    The prefill computes the tokens every prompt of the batch starts with once (a template's system prompt),
+    then the rest in groups of similar length. ``prefill_padding``: how much padding one group may compute,
+    as a share of its longest prompt: on CPU (default 0.1) almost none; on GPU (default: no limit) the rest is
+    one padded call, because there a call's fixed cost outweighs the padding."""
 
     def __init__(self, model, prefill_padding: float | None = None):
         self.model = model
         self.prefill_padding = (0.1 if model.device.type == "cpu" else math.inf) if prefill_padding is None \
             else prefill_padding
 
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
     def prefill(self, rows: list[list[int]], pad_id: int, max_new_tokens: int) -> torch.Tensor:
-        """Fill the cache with the prompts; return the logits of each prompt's last position [rows, vocab]."""
-        device = self.model.device
-        _, batch_mask = left_pad(rows, pad_id)
-        self.attention_mask = batch_mask.to(device)
-        self.position = _positions(self.attention_mask)[:, -1] + 1
-        groups = padding_groups([len(row) for row in rows], self.prefill_padding)
-        if len(groups) == 1:
-            input_ids, attention_mask = left_pad(rows, pad_id)
-            self.cache = DynamicCache(config=self.model.config)
-            return self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                              position_ids=_positions(attention_mask).to(device), past_key_values=self.cache,
-                              use_cache=True, logits_to_keep=1).logits[:, -1]
-        # Group by group; each group's cache is left-padded into the batch's (positions left of a row's
-        # prompt are masked, so what they hold is never read).
-        width, logits, layers = batch_mask.shape[1], [None] * len(rows), None
+        """Fill the cache with the prompts; return the logits of each prompt's last position [rows, vocab].
+
+        Cache layout: row i holds its real tokens at the cache positions where ``attention_mask`` is 1 (the
+        shared prefix, then its own tokens right-aligned); the positions between hold pad keys that the mask
+        hides, and RoPE positions count real tokens only, so every row sees exactly its own prompt."""
+        device, config = self.model.device, self.model.config
+        shared = shared_prefix_length(rows)
+        prefix = None
+        if shared:
+            prefix = DynamicCache(config=config)
+            self._forward(torch.tensor([rows[0][:shared]], device=device), None, None, prefix)
+        width = max(len(row) for row in rows)
+        batch_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        logits: list[torch.Tensor | None] = [None] * len(rows)
+        groups = padding_groups([len(row) - shared for row in rows], self.prefill_padding)
+        layers = None
         for group in groups:
-            input_ids, attention_mask = left_pad([rows[i] for i in group], pad_id)
-            cache = DynamicCache(config=self.model.config)
-            out = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                             position_ids=_positions(attention_mask).to(device), past_key_values=cache,
-                             use_cache=True, logits_to_keep=1).logits[:, -1]
+            input_ids, own_mask = left_pad([rows[i][shared:] for i in group], pad_id)
+            mask = torch.cat([own_mask.new_ones(len(group), shared), own_mask], dim=-1).to(device)
+            cache = DynamicCache(config=config) if prefix is None else DynamicCache(
+                ddp_cache_data=[(layer.keys.expand(len(group), -1, -1, -1), layer.values.expand(len(group), -1, -1, -1))
+                                for layer in prefix.layers], config=config)
+            out = self._forward(input_ids.to(device), mask, _positions(mask)[:, shared:], cache)
+            index = torch.tensor(group, device=device)
+            batch_mask[index, width - mask.shape[1] :] = mask
+            for i, row_logits in zip(group, out):
+                logits[i] = row_logits
+            if len(groups) == 1:  # the group is the batch (in its own row order)
+                self.cache, order = cache, torch.argsort(index)
+                self.cache.batch_select_indices(order)
+                break
             if layers is None:  # [rows, kv heads, width, head dim] per layer
                 layers = [tuple(t.new_zeros((len(rows), t.shape[1], width, t.shape[3])) for t in (layer.keys, layer.values))
                           for layer in cache.layers]
-            index = torch.tensor(group, device=device)
             for (keys, values), layer in zip(layers, cache.layers):
-                keys[index, :, width - input_ids.shape[1] :] = layer.keys
-                values[index, :, width - input_ids.shape[1] :] = layer.values
-            for i, row_logits in zip(group, out):
-                logits[i] = row_logits
-        self.cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+                keys[index, :, width - mask.shape[1] :] = layer.keys
+                values[index, :, width - mask.shape[1] :] = layer.values
+        if layers is not None:
+            self.cache = DynamicCache(ddp_cache_data=layers, config=config)
+        self.attention_mask, self.position = batch_mask, batch_mask.sum(dim=-1)
         return torch.stack(logits)
 
     def keep(self, active: torch.Tensor) -> torch.Tensor | None:
