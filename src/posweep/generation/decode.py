@@ -189,7 +189,9 @@ class StaticEngine:
         self.caches: dict[int, StaticCache] = {}
         cuda = model.device.type == "cuda"
         self.cuda = cuda
-        self.step_fn = (torch.compile(_decode_step, mode="reduce-overhead" if cuda else None, dynamic=False)
+        # Default dynamic-shape policy: the first bucket compiles static, the next one once with a dynamic
+        # batch size, after which no bucket recompiles (CUDA graphs still record one graph per size).
+        self.step_fn = (torch.compile(_decode_step, mode="reduce-overhead" if cuda else None)
                         if compile_step else _decode_step)
 
     def _cache(self, rows: int) -> StaticCache:
