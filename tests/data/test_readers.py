@@ -15,7 +15,6 @@ from posweep.data import (
     read_rows,
 )
 
-
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 

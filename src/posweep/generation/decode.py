@@ -6,9 +6,10 @@ In: a causal LM, prompt token rows, a ``SamplingSpec``, the stop token ids, a to
 Two engines hold the cache; the loop (``decode_batch``) is the same for both:
 
 - ``DynamicEngine`` (backend ``hf``, eager): transformers' ``DynamicCache``. A row that has stopped leaves
-  the batch at once (its cache rows are dropped), so later steps cost only the rows still sampling. On CPU,
-  where the matrix products are the whole cost, prompts are prefilled in groups of similar length, so
-  almost no padding is computed; on GPU, where each call's launch overhead dominates, in one padded call.
+  the batch at once (its cache rows are dropped), so later steps cost only the rows still sampling. The
+  tokens every prompt of the batch starts with (a template's system prompt) are prefilled once; the rest,
+  on CPU, where the matrix products are the whole cost, in groups of similar length, so almost no padding
+  is computed; on GPU, where each call's launch overhead dominates, in one padded call.
 - ``StaticEngine`` (backend ``hf-compiled``): transformers' ``StaticCache`` and a ``torch.compile``d decode
   step (CUDA graphs on GPU: ``mode="reduce-overhead"``). Shapes must stay fixed for the compiled step, so a
   batch shrinks only through power-of-two buckets: when the active rows fit the next smaller bucket they are
