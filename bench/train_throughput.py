@@ -9,16 +9,25 @@ What runs, each from a freshly loaded copy of the same weights, with the same pa
 micro-batch (gradient accumulation), number of steps, optimizer (fused AdamW, float32 master weights) and precision
 (bf16 autocast on GPU, float32 on CPU):
 - posweep dpo: ``get_reference_logps`` once (the reference pass, timed apart, as in a sweep where every run reads
-  the shared cache), then ``train_preference``;
+  the shared cache; each configuration computes its own), then ``train_preference``;
 - posweep simpo: ``train_preference``;
+- each of them twice: ``packing=True`` (each micro-batch's pairs end to end in rows without padding, each prompt
+  computed once, ``posweep.training.packing``) and ``packing=False`` (right-padded ``[chosen rows; rejected rows]``,
+  what posweep did before packing);
 - TRL DPOTrainer, ``loss_type sigmoid``, with ``precompute_ref_log_probs`` False (reference forward every step) and
   True (reference pass inside the trainer's construction, timed apart);
 - TRL CPOTrainer, ``loss_type simpo``, ``cpo_alpha 0``.
 TRL's activation checkpointing (its default) is off, as posweep has none; ``--trl-gradient-checkpointing`` turns it on.
 
-Throughput counts non-padding tokens (prompt + response of both sides of every pair) over the steady steps only,
-after ``--warmup-steps``: sum(tokens) / sum(seconds) (the table also gives the median over steps of each step's
-tokens/s, which a burst of load from other processes during one step does not move). ``--repeats N`` runs every
+Throughput counts non-padding tokens as TRL does (prompt + response of both sides of every pair, so each prompt
+twice), for every implementation and layout alike, over the steady steps only, after ``--warmup-steps``: sum(tokens) /
+sum(seconds). On the same pairs a ratio of tokens/s is therefore a ratio of pairs/s, whatever each layout computes;
+the "layout" line says how many token positions each layout computes per pair (padded rows: rows x width; packed
+rows: each prompt once, padding only at row ends). On GPU the table adds the share of the chip's bf16 peak: tokens/s
+x (6 x parameters + 6 x layers x hidden x sequence length, causal attention) / peak, on that same token count, so the
+share is of TRL-equivalent work, not of the FLOPs a layout happens to compute; the peak comes from the GPU's name
+(``--peak-tflops`` overrides). The table also gives the median over steps of each step's
+tokens/s, which a burst of load from other processes during one step does not move. ``--repeats N`` runs every
 configuration N times, interleaved, and keeps each one's fastest run. posweep's come from its ``train_log.jsonl``; TRL's from a
 wrapped ``training_step`` (tokens: the attention masks of its batches) and a callback that times each step from the
 end of the previous one (so batch collation and logging count, as they do in posweep's step time), with
@@ -214,6 +223,9 @@ class Measurement:
     total_seconds: float
     ratio_vs_trl_best: float | None = None
     memory_vs_trl_best: float | None = None
+    ratio_vs_padded: float | None = None  # posweep: tokens/s (= pairs/s) against posweep padded, same method
+    memory_vs_padded: float | None = None
+    peak_share: float | None = None  # GPU: share of the chip's bf16 peak (module docstring)
     notes: dict = field(default_factory=dict)
 
     @property
@@ -252,11 +264,11 @@ class Settings:
 # ------------------------------------------------------------------------------------------- posweep
 
 
-def run_posweep(method: str, tokenized, settings: Settings, memory: PeakMemory) -> Measurement:
+def run_posweep(method: str, tokenized, settings: Settings, memory: PeakMemory, packing: bool = True) -> Measurement:
     optim = OptimConfig(learning_rate=LEARNING_RATE, epochs=settings.epochs, batch_size=settings.pairs_per_step,
                         micro_batch_size=settings.micro_batch_size, max_steps=settings.steps, warmup_ratio=0.0,
                         scheduler="constant", mixed_precision="bf16" if settings.device == "cuda" else "no",
-                        log_every=1)
+                        log_every=1, packing=packing)
     hparams = {"beta": DPO_BETA} if method == "dpo" else {"beta": SIMPO_BETA, "gamma_beta_ratio": SIMPO_GAMMA_BETA_RATIO}
     out_dir = settings.work_dir / f"posweep-{method}"
     memory.reset()
@@ -264,7 +276,7 @@ def run_posweep(method: str, tokenized, settings: Settings, memory: PeakMemory) 
     reference, notes = None, {}
     if method == "dpo":
         reference = get_reference_logps(settings.model_dir, tokenized, batch_size=settings.micro_batch_size,
-                                        device=settings.device, progress=False)
+                                        device=settings.device, progress=False, packing=packing)
         notes["reference_forward_passes"] = reference.forward_passes  # 0: read from an existing cache
     synchronize(settings.device)
     setup_seconds = time.perf_counter() - started
@@ -275,7 +287,8 @@ def run_posweep(method: str, tokenized, settings: Settings, memory: PeakMemory) 
         raise RuntimeError(f"posweep {method} failed: {result.error}")
     records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
     steps = [{"step": r["step"], "tokens": r["tokens"], "seconds": r["seconds"]} for r in records]
-    measurement = Measurement("posweep", method, "reference cached" if method == "dpo" else "-", steps,
+    layout = "packed" if packing else "padded"
+    measurement = Measurement("posweep", method, f"{layout}, reference cached" if method == "dpo" else layout, steps,
                               settings.warmup_steps, settings.pairs_per_step, memory.peak_bytes(), setup_seconds,
                               total_seconds, notes=notes)
     shutil.rmtree(out_dir, ignore_errors=True)  # the checkpoint: up to 7 GB for the 1.7B model
@@ -382,8 +395,14 @@ def best_of_repeats(runs: list[Measurement]) -> list[Measurement]:
 
 
 def add_ratios(measurements: list[Measurement]) -> None:
-    """Each row against TRL's fastest configuration for the same method."""
+    """Each row against TRL's fastest configuration for the same method, and posweep's against posweep padded."""
     for method in {m.method for m in measurements}:
+        padded = [m for m in measurements if m.method == method and m.implementation == "posweep"
+                  and m.configuration.startswith("padded")]
+        for m in measurements:
+            if padded and m.method == method and m.implementation == "posweep":
+                m.ratio_vs_padded = m.tokens_per_second / padded[0].tokens_per_second
+                m.memory_vs_padded = m.peak_memory_bytes / max(1, padded[0].peak_memory_bytes)
         trl = [m for m in measurements if m.method == method and m.implementation == "trl"]
         if not trl:
             continue
@@ -410,17 +429,84 @@ def describe_machine(device: str) -> dict:
 
 
 def format_table(measurements: list[Measurement]) -> str:
+    def times(value):
+        return f"{value:.2f}x" if value is not None else "-"
+
+    gpu = any(m.peak_share is not None for m in measurements)
     header = (f"{'implementation':<15}{'method':<7}{'configuration':<29}{'steady tok/s':>13}{'vs TRL best':>12}"
-              f"{'median step':>12}{'peak mem':>11}{'mem vs best':>12}{'tok/pair':>9}{'one-time s':>11}")
+              f"{'vs padded':>10}{'median step':>12}{'peak mem':>11}{'mem vs best':>12}{'mem vs pad':>11}"
+              f"{'tok/pair':>9}{'one-time s':>11}" + (f"{'bf16 peak':>10}" if gpu else ""))
     lines = [header, "-" * len(header)]
     for m in measurements:
-        ratio = f"{m.ratio_vs_trl_best:.2f}x" if m.ratio_vs_trl_best is not None else "-"
-        memory_ratio = f"{m.memory_vs_trl_best:.2f}x" if m.memory_vs_trl_best is not None else "-"
+        share = (f"{100 * m.peak_share:>9.1f}%" if m.peak_share is not None else f"{'-':>10}") if gpu else ""
         lines.append(f"{m.implementation:<15}{m.method:<7}{m.configuration:<29}{m.tokens_per_second:>13.0f}"
-                     f"{ratio:>12}{m.median_step_tokens_per_second:>12.0f}{m.peak_memory_bytes / 2**30:>9.2f}Gi"
-                     f"{memory_ratio:>12}"
-                     f"{m.tokens_per_pair:>9.1f}{m.setup_seconds:>11.1f}")
+                     f"{times(m.ratio_vs_trl_best):>12}{times(m.ratio_vs_padded):>10}"
+                     f"{m.median_step_tokens_per_second:>12.0f}{m.peak_memory_bytes / 2**30:>9.2f}Gi"
+                     f"{times(m.memory_vs_trl_best):>12}{times(m.memory_vs_padded):>11}"
+                     f"{m.tokens_per_pair:>9.1f}{m.setup_seconds:>11.1f}{share}")
     return "\n".join(lines)
+
+
+# Dense bf16 peak (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name; first match wins.
+BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("A100", 312.0),
+                    ("L40S", 362.0), ("A10G", 70.0), ("L4", 121.0)]
+
+
+def bf16_peak_flops(device_name: str, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    return next((tflops * 1e12 for key, tflops in BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+def training_order(n: int, epochs: float, seed: int = 0) -> list[int]:
+    """Pair indices in the order posweep's trainer (and TRL, which shuffles the same way) trains on them."""
+    generator = torch.Generator().manual_seed(seed)
+    full, rest = int(epochs), epochs - int(epochs)
+    order = [i for _ in range(full) for i in torch.randperm(n, generator=generator).tolist()]
+    if rest > 0:
+        order += torch.randperm(n, generator=generator)[: max(1, round(rest * n))].tolist()
+    return order
+
+
+def layout_positions(tokenized, settings: Settings) -> dict[str, float]:
+    """Token positions per pair that each layout computes over the steady steps' micro-batches: TRL's count
+    (non-padding, prompt once per side), padded rows (rows x width), packed rows (rows x width, as laid out for
+    a dense mask on CPU or FlexAttention on GPU), and the packed rows' real tokens (each prompt once)."""
+    from posweep.training.attention import DENSE_ROW_TOKENS, FLEX_BLOCK
+    from posweep.training.packing import Packing, pack_pairs
+
+    packing = Packing(None, FLEX_BLOCK) if settings.device == "cuda" else Packing(DENSE_ROW_TOKENS)
+    order = training_order(len(tokenized), settings.epochs)
+    start, end = settings.warmup_steps * settings.pairs_per_step, settings.steps * settings.pairs_per_step
+    totals = {"trl_count": 0, "padded_rows": 0, "packed_rows": 0, "packed_real": 0}
+    for i in range(start, end, settings.micro_batch_size):
+        index = order[i : i + settings.micro_batch_size]
+        prompts = [tokenized.prompt_ids[j] for j in index]
+        chosen, rejected = [tokenized.chosen_ids[j] for j in index], [tokenized.rejected_ids[j] for j in index]
+        totals["trl_count"] += sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(prompts, chosen, rejected))
+        totals["padded_rows"] += 2 * len(index) * max(len(p) + len(x) for p, x in zip(prompts + prompts, chosen + rejected))
+        packed = pack_pairs(prompts, chosen, rejected, 0, packing)
+        totals["packed_rows"] += packed.input_ids.numel()
+        totals["packed_real"] += packed.real_tokens
+    pairs = max(1, end - start)
+    return {key: value / pairs for key, value in totals.items()}
+
+
+def flops_per_counted_token(tokenized, settings: Settings) -> float:
+    """Training FLOPs per counted (TRL-basis) token over the steady steps' pairs: 6 x parameters per token plus
+    causal attention, 6 x layers x hidden x T per token of a sequence of T tokens (QK and AV, forward and
+    backward), each side of a pair being one sequence prompt + response."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(settings.model_dir)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    order = training_order(len(tokenized), settings.epochs)
+    index = order[settings.warmup_steps * settings.pairs_per_step : settings.steps * settings.pairs_per_step]
+    lengths = [len(tokenized.prompt_ids[j]) + len(side[j]) for j in index
+               for side in (tokenized.chosen_ids, tokenized.rejected_ids)]
+    attention = 6 * config.num_hidden_layers * config.hidden_size * sum(t * t for t in lengths)
+    return (6 * parameters * sum(lengths) + attention) / max(1, sum(lengths))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -443,6 +529,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every configuration this many times, interleaved, and keep each one's fastest "
                              "(for machines shared with other work)")
+    parser.add_argument("--layouts", default="packed,padded", help="posweep row layouts, among packed, padded")
+    parser.add_argument("--no-trl", action="store_true", help="posweep only")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the GPU's dense bf16 peak in TFLOP/s (default: from its name, see BF16_PEAK_TFLOPS)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for parity")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -456,6 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.micro_batch_size = args.micro_batch_size or args.pairs_per_step
     args.pairs = args.pairs or args.steps * args.pairs_per_step
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    layouts = [m.strip() for m in args.layouts.split(",") if m.strip()]
+    if not layouts or set(layouts) - {"packed", "padded"}:
+        parser.error(f"--layouts: use packed and/or padded, not {args.layouts!r}")
+    args.layouts = [layout == "packed" for layout in layouts]
     if set(args.methods) - {"dpo", "simpo"}:
         parser.error(f"--methods: unknown {sorted(set(args.methods) - {'dpo', 'simpo'})}; use dpo, simpo")
     if args.pairs_per_step % args.micro_batch_size:
@@ -509,19 +603,27 @@ def main(argv: list[str] | None = None) -> None:
 
         runs = []
         for repeat in range(1, args.repeats + 1):
-            if fresh_caches and repeat > 1:  # so that every repeat computes the reference pass again
-                os.environ["POSWEEP_CACHE"] = str(work_dir / f"cache-{repeat}")
             for method in args.methods:
-                print(f"[{repeat}/{args.repeats}] posweep {method} ...", file=sys.stderr, flush=True)
-                runs.append(run_posweep(method, tokenized, settings, memory))
-                for precompute in ([False, True] if method == "dpo" else [False]):
+                for packing in args.layouts:
+                    if fresh_caches:  # so that every repeat and layout computes the reference pass itself
+                        os.environ["POSWEEP_CACHE"] = str(work_dir / f"cache-{repeat}-{packing}")
+                    layout = "packed" if packing else "padded"
+                    print(f"[{repeat}/{args.repeats}] posweep {method} {layout} ...", file=sys.stderr, flush=True)
+                    runs.append(run_posweep(method, tokenized, settings, memory, packing))
+                for precompute in ([] if args.no_trl else [False, True] if method == "dpo" else [False]):
                     print(f"[{repeat}/{args.repeats}] trl {method}{' precompute' if precompute else ''} ...",
                           file=sys.stderr, flush=True)
                     runs.append(run_trl(method, precompute, rows_for_trl, settings, memory))
+        positions = layout_positions(tokenized, settings)
+        flops_per_token = flops_per_counted_token(tokenized, settings) if args.device == "cuda" else None
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     measurements = best_of_repeats(runs)
     add_ratios(measurements)
+    peak = bf16_peak_flops(torch.cuda.get_device_name(0), args.peak_tflops) if args.device == "cuda" else None
+    if peak and flops_per_token:
+        for m in measurements:
+            m.peak_share = m.tokens_per_second * flops_per_token / peak
 
     machine = describe_machine(args.device)
     machine["load_average_start"], machine["load_average_end"] = load_average_start, os.getloadavg()
@@ -537,11 +639,19 @@ def main(argv: list[str] | None = None) -> None:
     # posweep and TRL both shuffle with torch.randperm seeded 0, so each step should see the same pairs everywhere.
     same_batches = len({tuple(s["tokens"] for s in m.steps) for m in runs}) == 1
     print(f"batches: {'the same' if same_batches else 'DIFFERENT'} non-padding token counts at every step in every run")
+    print(f"layout: token positions computed per pair over the steady steps: padded rows {positions['padded_rows']:.1f}, "
+          f"packed rows {positions['packed_rows']:.1f} (of which real tokens {positions['packed_real']:.1f}); "
+          f"tokens counted per pair (TRL's non-padding count, every configuration) {positions['trl_count']:.1f}")
+    if args.device == "cuda":
+        print(f"bf16 peak: {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown for this GPU (pass --peak-tflops)'}; "
+              f"{flops_per_token / 1e9:.2f} GFLOP per counted token (6 x parameters + causal attention)")
     print(format_table(measurements))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "memory_kind": memory.kind, "tokenize_seconds": tokenize_seconds, "same_batches": same_batches,
+              "layout_positions_per_pair": positions, "flops_per_counted_token": flops_per_token,
+              "bf16_peak_flops": peak,
               "results": [{**asdict(m), "tokens_per_second": m.tokens_per_second, "tokens_per_pair": m.tokens_per_pair,
                            "median_step_tokens_per_second": m.median_step_tokens_per_second} for m in measurements]}
     tmp = args.out.with_suffix(".tmp")

@@ -107,3 +107,17 @@ def test_train_without_a_method_lists_the_methods(tmp_path, pairs_file):
 def test_train_with_an_unknown_method(tmp_path, pairs_file):
     one_line_error(["train", "--method", "kto", "--data", pairs_file, "--out", tmp_path / "out"],
                    "unknown method 'kto'")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--method", "ld_dpo", "--hparam", "ld_alpha=1.5"], "'ld_alpha' must be >= 0 and <= 1, got 1.5"),
+    (["--method", "dpo+nll", "--hparam", "nll_weight=0.2", "--hparam", "tau=1"],
+     "method 'dpo+nll': unknown hyperparameter 'tau'; allowed: beta, dpo_weight, nll_weight"),
+    (["--method", "dpo", "--hparam", "beta"], "--hparam 'beta': expected NAME=NUMBER"),
+    (["--method", "dpo", "--hparam", "beta=high"], "--hparam 'beta=high': expected NAME=NUMBER"),
+    (["--method", "dpo", "--hparam", "beta=2", "--beta", "-1"], "'beta' must be > 0, got -1"),  # --beta wins
+])
+def test_train_hparams_reach_the_method_checks(tmp_path, pairs_file, args, expected):
+    """--hparam NAME=VALUE sets any method's hyperparameter; bad names and values fail before any work."""
+    one_line_error(["train", *args, "--data", pairs_file, "--out", tmp_path / "out"], expected)
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -97,7 +98,8 @@ def data_inspect(
 
 
 def _train_command(method: str, model: str, data: str, out: Path, config: Path | None, layout: str,
-                   hparams: dict, optim_overrides: dict, max_prompt_length: int | None, max_length: int | None) -> None:
+                   hparams: dict, optim_overrides: dict, max_prompt_length: int | None, max_length: int | None,
+                   scale: dict | None = None) -> None:
     from posweep.losses import METHODS
     from posweep.training import TrainJob, run_train_job
 
@@ -105,9 +107,10 @@ def _train_command(method: str, model: str, data: str, out: Path, config: Path |
     job = TrainJob.from_file(config, **values) if config else TrainJob.model_validate(
         {k: v for k, v in values.items() if v is not None})
     if job.method is None or (method is None and job.method == "sft"):
-        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)}; "
-             "for supervised fine-tuning use `posweep sft`")
+        fail(f"posweep train needs --method (or `method:` in --config), one of: {', '.join(METHODS)} "
+             "(or a combination such as dpo+nll); for supervised fine-tuning use `posweep sft`")
     optim = job.optim.model_copy(update={k: v for k, v in optim_overrides.items() if v is not None})
+    optim = _with_scale(optim, **(scale or {}))
     limits = job.limits.model_copy(update={k: v for k, v in {"max_prompt_length": max_prompt_length,
                                                               "max_length": max_length}.items() if v is not None})
     job = job.model_copy(update={"optim": optim, "limits": limits,
@@ -115,14 +118,52 @@ def _train_command(method: str, model: str, data: str, out: Path, config: Path |
     result = run_train_job(job)
     if result.status != "done":
         fail(f"{job.method} run failed: {result.error}")
-    console.print(f"[green]done[/] {result.steps} steps, final loss {result.final_loss:.4f}, "
-                  f"{result.tokens_per_second:.0f} tokens/s → {result.checkpoint_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process speaks for the run
+        console.print(f"[green]done[/] {result.steps} steps, final loss {result.final_loss:.4f}, "
+                      f"{result.tokens_per_second:.0f} tokens/s → {result.checkpoint_dir}")
+
+
+def _with_scale(optim, model_dtype: str | None = None, activation_checkpointing: bool = False, fsdp: bool = False,
+                fsdp_cpu_offload: bool = False, lora_r: int | None = None, lora_alpha: float | None = None,
+                lora_dropout: float | None = None, lora_target: str | None = None, lora_merge: bool = False,
+                lora_quantize: str | None = None, report_to: str | None = None):
+    """``optim`` with the layout flags of ``posweep train`` / ``posweep sft`` applied (validated again)."""
+    from posweep.config import OptimConfig
+
+    values = optim.model_dump()
+    if model_dtype:
+        values["model_dtype"] = model_dtype
+    if activation_checkpointing:
+        values["activation_checkpointing"] = True
+    if fsdp or fsdp_cpu_offload:
+        values["fsdp"] = {**(values.get("fsdp") or {}), **({"cpu_offload": True} if fsdp_cpu_offload else {})}
+    lora = {k: v for k, v in {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "quantize": lora_quantize,
+                              "target_modules": lora_target.split(",") if lora_target and lora_target != "all-linear"
+                              else lora_target, "merge": lora_merge or None}.items() if v is not None}
+    if lora:
+        values["lora"] = {**(values.get("lora") or {}), **lora}
+    if report_to:
+        values["report_to"] = [name.strip() for name in report_to.split(",") if name.strip()]
+    return OptimConfig.model_validate(values)
 
 
 _MODEL = typer.Option(None, help=f"Model spec: {DEFAULT_MODEL} (default), a folder, or a hub id.")
 _DATA = typer.Option(None, help="Preference pairs: JSONL / Parquet / datasets name.")
 _OUT = typer.Option(None, help="Output folder: checkpoint/, config.json, train_log.jsonl.")
 _CONFIG = typer.Option(None, help="YAML/JSON with TrainJob fields; options given here override it.")
+# Layout and scale (the same for sft and train); run several processes with
+# `torchrun --nproc_per_node N -m posweep.cli train ...` (data parallel; --fsdp shards instead).
+_MODEL_DTYPE = typer.Option(None, "--model-dtype", help="float32 (default) | bfloat16: the weights' dtype.")
+_CHECKPOINTING = typer.Option(False, "--activation-checkpointing", help="Recompute decoder layers in backward.")
+_FSDP = typer.Option(False, "--fsdp", help="Shard weights, gradients, optimizer over torchrun's processes (FSDP2).")
+_FSDP_OFFLOAD = typer.Option(False, "--fsdp-cpu-offload", help="FSDP with shards kept in CPU memory.")
+_LORA_R = typer.Option(None, "--lora-r", help="Train LoRA adapters (peft) of this rank instead of all weights.")
+_LORA_ALPHA = typer.Option(None, "--lora-alpha", help="LoRA scale numerator (default 32).")
+_LORA_DROPOUT = typer.Option(None, "--lora-dropout", help="LoRA dropout (default 0).")
+_LORA_TARGET = typer.Option(None, "--lora-target", help="all-linear (default) or module names: q_proj,v_proj")
+_LORA_MERGE = typer.Option(False, "--lora-merge", help="Save the merged model instead of the adapter.")
+_LORA_QUANTIZE = typer.Option(None, "--lora-quantize", help="no | 4bit (QLoRA: needs CUDA and bitsandbytes).")
+_REPORT_TO = typer.Option(None, "--report-to", help="Trackers, comma-separated: tensorboard,wandb,mlflow")
 
 
 @app.command()
@@ -132,32 +173,70 @@ def sft(model: str | None = _MODEL, data: str | None = _DATA, out: Path | None =
         learning_rate: float | None = typer.Option(None, "--lr"), epochs: float | None = None,
         batch_size: int | None = None, micro_batch_size: int | None = None, max_steps: int | None = None,
         seed: int | None = None, mixed_precision: str | None = typer.Option(None, help="no | bf16 | fp16"),
-        max_prompt_length: int | None = None, max_length: int | None = None) -> None:
+        max_prompt_length: int | None = None, max_length: int | None = None,
+        model_dtype: str | None = _MODEL_DTYPE, activation_checkpointing: bool = _CHECKPOINTING, fsdp: bool = _FSDP,
+        fsdp_cpu_offload: bool = _FSDP_OFFLOAD, lora_r: int | None = _LORA_R, lora_alpha: float | None = _LORA_ALPHA,
+        lora_dropout: float | None = _LORA_DROPOUT, lora_target: str | None = _LORA_TARGET,
+        lora_merge: bool = _LORA_MERGE, lora_quantize: str | None = _LORA_QUANTIZE,
+        report_to: str | None = _REPORT_TO) -> None:
     """Supervised fine-tuning on the chosen responses (loss on response tokens only)."""
     _train_command("sft", model, data, out, config, layout, {},
                    dict(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,
-                        max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length)
+                        max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length,
+                   dict(model_dtype=model_dtype, activation_checkpointing=activation_checkpointing, fsdp=fsdp,
+                        fsdp_cpu_offload=fsdp_cpu_offload, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        lora_target=lora_target, lora_merge=lora_merge, lora_quantize=lora_quantize, report_to=report_to))
+
+
+def _parse_hparams(pairs: list[str]) -> dict[str, float]:
+    """``["beta=0.1", "nll_weight=0.5"]`` → ``{"beta": 0.1, "nll_weight": 0.5}``; a bad item is a user error."""
+    values = {}
+    for item in pairs:
+        name, sep, text = item.partition("=")
+        try:
+            values[name.strip()] = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"--hparam {item!r}: expected NAME=NUMBER, e.g. --hparam beta=0.1")
+    return values
 
 
 @app.command()
 @user_errors
-def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...)."),
+def train(method: str | None = typer.Option(None, help="A method of `posweep methods` (dpo, ln_dpo, simpo, ...) "
+                                                        "or a combination such as dpo+nll."),
           model: str | None = _MODEL, data: str | None = _DATA, out: Path | None = _OUT,
           config: Path | None = _CONFIG, layout: str = typer.Option("pairs", help="pairs | pku-saferlhf"),
-          beta: float | None = None, gamma_beta_ratio: float | None = None, alpha: float | None = None,
-          tau: float | None = None, epsilon: float | None = None,
-          nll_weight: float | None = typer.Option(None, help="cpo: weight of the chosen NLL term (lambda)."),
-          odds_ratio_weight: float | None = typer.Option(None, help="orpo: weight of the odds-ratio term (lambda)."),
+          hparam: list[str] = typer.Option([], "--hparam", metavar="NAME=VALUE",
+                                           help="A hyperparameter of the method (repeatable): --hparam ld_alpha=0.5. "
+                                                "`posweep methods` lists each method's names."),
+          beta: float | None = typer.Option(None, help="Shortcut for --hparam beta=..."),
+          gamma_beta_ratio: float | None = typer.Option(None, help="Shortcut for --hparam gamma_beta_ratio=..."),
+          alpha: float | None = None, tau: float | None = None, epsilon: float | None = None,
+          nll_weight: float | None = None, odds_ratio_weight: float | None = None,
           learning_rate: float | None = typer.Option(None, "--lr"), epochs: float | None = None,
           batch_size: int | None = None, micro_batch_size: int | None = None, max_steps: int | None = None,
           seed: int | None = None, mixed_precision: str | None = typer.Option(None, help="no | bf16 | fp16"),
-          max_prompt_length: int | None = None, max_length: int | None = None) -> None:
-    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache."""
+          max_prompt_length: int | None = None, max_length: int | None = None,
+          model_dtype: str | None = _MODEL_DTYPE, activation_checkpointing: bool = _CHECKPOINTING, fsdp: bool = _FSDP,
+          fsdp_cpu_offload: bool = _FSDP_OFFLOAD, lora_r: int | None = _LORA_R, lora_alpha: float | None = _LORA_ALPHA,
+          lora_dropout: float | None = _LORA_DROPOUT, lora_target: str | None = _LORA_TARGET,
+          lora_merge: bool = _LORA_MERGE, lora_quantize: str | None = _LORA_QUANTIZE,
+          report_to: str | None = _REPORT_TO) -> None:
+    """Preference optimisation from a (SFT) model; reference log-probs come from the shared cache.
+
+    Hyperparameters: ``--hparam NAME=VALUE`` for any method's (repeatable); the older per-name options
+    (--beta, --tau, ...) still work and win over a --hparam of the same name."""
+    shortcuts = dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
+                     nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight)
     _train_command(method, model, data, out, config, layout,
-                   dict(beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha, tau=tau, epsilon=epsilon,
-                        nll_weight=nll_weight, odds_ratio_weight=odds_ratio_weight),
+                   {**_parse_hparams(hparam), **{k: v for k, v in shortcuts.items() if v is not None}},
                    dict(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,
-                        max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length)
+                        max_steps=max_steps, seed=seed, mixed_precision=mixed_precision), max_prompt_length, max_length,
+                   dict(model_dtype=model_dtype, activation_checkpointing=activation_checkpointing, fsdp=fsdp,
+                        fsdp_cpu_offload=fsdp_cpu_offload, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        lora_target=lora_target, lora_merge=lora_merge, lora_quantize=lora_quantize, report_to=report_to))
 
 
 # --------------------------------------------------------------------------------------------- methods
@@ -166,23 +245,33 @@ def train(method: str | None = typer.Option(None, help="A method of `posweep met
 @app.command()
 @user_errors
 def methods(as_json: bool = typer.Option(False, "--json", help="Print the methods as JSON.")) -> None:
-    """The preference-optimization methods: loss, default hyperparameters, study grid, reference, TRL name."""
+    """Every method: loss, defaults, study grid, reference need, TRL name, components of a combination."""
     from posweep.losses import describe_methods
 
     rows = describe_methods()
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="methods (rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens)")
-    for column in ("name", "loss", "defaults", "study grid", "reference", "TRL"):
-        table.add_column(column)
+    console.print("rw = log π(y_w) − log πref(y_w); lengths |y| in policy tokens; "
+                  "a+b+... combines methods (hyperparameters shared by name, weights <method>_weight)",
+                  soft_wrap=True, markup=False)
     for row in rows:
-        defaults = ", ".join(f"{key}={value:g}" for key, value in row["hyperparameters"].items())
-        grid = "; ".join(f"{key} ∈ {{{', '.join(f'{v:g}' for v in values)}}}"
-                         for key, values in row["study_grid"].items())
-        table.add_row(row["name"], row["formula"], defaults, grid, "yes" if row["needs_reference"] else "no",
-                      row["trl_name"] or "-")
-    console.print(table)
+        # One block per method, never folded: a formula or TRL name stays one copyable line.
+        lines = [f"[bold]{escape(row['name'])}[/]  reference: {'yes' if row['needs_reference'] else 'no'}"
+                 f"  TRL 1.16: {escape(row['trl_name'] or '-')}"]
+        if row["components"]:
+            lines.append("  components  " + " + ".join(f"{w:g}·{c}" for c, w in row["components"].items()))
+        lines.append(f"  loss        {escape(row['formula'])}")
+        if row["hyperparameters"]:
+            lines.append("  defaults    " + ", ".join(f"{k}={v:g}" for k, v in row["hyperparameters"].items()))
+            lines.append("  study grid  " + "; ".join(
+                f"{k} ∈ {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in row["study_grid"].items()))
+        if row["inputs"]:
+            lines.append("  needs       " + ", ".join(row["inputs"]))
+        if row["batch_level"]:
+            lines.append("  batch-level its value depends on which pairs share a micro-batch")
+        lines.append(f"  source      {escape(row['source'])}")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -205,13 +294,28 @@ def _print_sweep_result(finished) -> None:
 @app.command()
 @user_errors
 def sweep(config: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, paper)."),
-          out: Path = typer.Option(..., "--out", help="Sweep folder; an existing one is resumed or extended."),
+          out: Path | None = typer.Option(None, "--out", help="Sweep folder; an existing one is resumed or extended."),
           retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
           executor: str | None = typer.Option(None, help="local | ray (default: the config's executor.kind)"),
-          address: str | None = typer.Option(None, help="Ray cluster address, e.g. auto")) -> None:
+          address: str | None = typer.Option(None, help="Ray cluster address, e.g. auto"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the plan, memory and time; run nothing."),
+          device_memory: float = typer.Option(80.0, "--device-memory", help="Dry run: GiB per device."),
+          tokens_per_second: float | None = typer.Option(None, "--tokens-per-second",
+                                                         help="Dry run: training throughput for the time estimate.")) -> None:
     """Run, resume or extend a sweep: SFT grid, best SFT, every method's grid, summary.csv and report."""
+    if dry_run:
+        from posweep.sweep.config import load_config
+        from posweep.sweep.dryrun import dry_run as plan_cost
+        from posweep.sweep.dryrun import format_dry_run
+
+        loaded = load_config(config)
+        console.print(format_dry_run(plan_cost(loaded, device_memory, tokens_per_second, out), loaded),
+                      soft_wrap=True, markup=False, highlight=False)
+        return
     from posweep.workflow import sweep_and_report
 
+    if out is None:
+        fail("posweep sweep needs --out DIR (the sweep folder), or --dry-run")
     if executor not in (None, "local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
     _print_sweep_result(sweep_and_report(config, out, retry_failed=retry_failed, executor=executor, address=address))
@@ -325,3 +429,7 @@ def data_build_demo(
     report = build_demo_data(out, train_prompts, test_prompts, k, max_new_tokens, seed, model, test_k=test_k)
     console.print(f"{report['pairs']} pairs ({report['near_ties_dropped']} near-ties dropped), "
                   f"{report['test_prompts']} test prompts, in {report['seconds']['this_run']:.0f} s; wrote {out}")
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node N -m posweep.cli train ...`
+    app()

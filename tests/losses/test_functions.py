@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -10,83 +9,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posweep.losses import METHODS
+from posweep.losses import METHODS, get_method
 from posweep.losses.functions import LossOutput, compute_loss, simpo_loss
-
-# (lw, ll, log πref(y_w), log πref(y_l), |y_w|, |y_l|); the last pair has lw/|y_w| > −log 2, which sends
-# ORPO's log(1 − p) through its other numerical branch.
-PAIRS = [
-    SimpleNamespace(lw=-12.0, ll=-15.0, ref_w=-13.0, ref_l=-14.0, len_w=4, len_l=6),
-    SimpleNamespace(lw=-30.0, ll=-8.0, ref_w=-28.5, ref_l=-9.5, len_w=10, len_l=2),
-    SimpleNamespace(lw=-1.2, ll=-2.5, ref_w=-1.0, ref_l=-3.0, len_w=3, len_l=5),
-]
+from tests.losses.hand import BATCH_LEVEL, HAND_HPARAMS, PAIRS, aot_batch, expected, tensor_inputs
 
 
-def log_sigmoid(x: float) -> float:
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+def test_hand_hparams_cover_every_method():
+    assert set(HAND_HPARAMS) == set(METHODS)
 
 
-def log_odds(average_logp: float) -> float:
-    return average_logp - math.log(1 - math.exp(average_logp))
-
-
-def expected(method: str, p, hp: dict) -> tuple[float, float, float]:
-    """(loss, chosen reward, rejected reward) of one pair, with plain floats."""
-    rw, rl = p.lw - p.ref_w, p.ll - p.ref_l
-    aw, al = p.lw / p.len_w, p.ll / p.len_l
-    if method == "dpo":
-        b = hp["beta"]
-        return -log_sigmoid(b * (rw - rl)), b * rw, b * rl
-    if method == "ln_dpo":
-        b = hp["beta"]
-        return -log_sigmoid(b * (rw / p.len_w - rl / p.len_l)), b * rw / p.len_w, b * rl / p.len_l
-    if method == "simpo":
-        b, gamma = hp["beta"], hp["gamma_beta_ratio"] * hp["beta"]
-        return -log_sigmoid(b * (aw - al) - gamma), b * aw, b * al
-    if method == "r_dpo":
-        b, a = hp["beta"], hp["alpha"]
-        return -log_sigmoid(b * (rw - rl) + a * (p.len_w - p.len_l)), b * rw, b * rl
-    if method == "ipo":
-        t = hp["tau"]
-        return (rw / p.len_w - rl / p.len_l - 1 / (2 * t)) ** 2, t * rw / p.len_w, t * rl / p.len_l
-    if method == "cdpo":
-        b, e = hp["beta"], hp["epsilon"]
-        h = rw - rl
-        return -(1 - e) * log_sigmoid(b * h) - e * log_sigmoid(-b * h), b * rw, b * rl
-    if method == "hinge":
-        b = hp["beta"]
-        return max(0.0, 1 - b * (rw - rl)), b * rw, b * rl
-    if method == "cpo":
-        b, lam = hp["beta"], hp["nll_weight"]
-        return -log_sigmoid(b * (p.lw - p.ll)) - lam * aw, b * p.lw, b * p.ll
-    if method == "orpo":
-        lam = hp["odds_ratio_weight"]
-        return -aw - lam * log_sigmoid(log_odds(aw) - log_odds(al)), lam * aw, lam * al
-    raise AssertionError(method)
-
-
-# Non-default values, so the test also checks that hparams reach the loss.
-HAND_HPARAMS = {
-    "dpo": {"beta": 0.3}, "ln_dpo": {"beta": 5.0}, "simpo": {"beta": 2.0, "gamma_beta_ratio": 0.8},
-    "r_dpo": {"beta": 0.05, "alpha": 0.5}, "ipo": {"tau": 0.5}, "cdpo": {"beta": 0.5, "epsilon": 0.2},
-    "hinge": {"beta": 1.0}, "cpo": {"beta": 0.05, "nll_weight": 1.0}, "orpo": {"odds_ratio_weight": 2.0},
-}
-
-
-def tensor_inputs(pairs, dtype=torch.float64) -> dict[str, torch.Tensor]:
-    def column(name: str, column_dtype: torch.dtype = dtype) -> torch.Tensor:
-        return torch.tensor([getattr(p, name) for p in pairs], dtype=column_dtype)
-
-    return {"policy_chosen_logps": column("lw"), "policy_rejected_logps": column("ll"),
-            "reference_chosen_logps": column("ref_w"), "reference_rejected_logps": column("ref_l"),
-            "chosen_lengths": column("len_w", torch.long), "rejected_lengths": column("len_l", torch.long)}
-
-
-@pytest.mark.parametrize("method", list(HAND_HPARAMS))
+@pytest.mark.parametrize("method", sorted(set(HAND_HPARAMS) - BATCH_LEVEL))
 def test_loss_matches_hand_computed_values(method):
     hp = HAND_HPARAMS[method]
     output = compute_loss(method, hparams=hp, **tensor_inputs(PAIRS))
-    want = torch.tensor([expected(method, p, hp) for p in PAIRS], dtype=torch.float64)
+    full = get_method(method).loss_kwargs(hp)
+    want = torch.tensor([expected(method, p, full) for p in PAIRS], dtype=torch.float64)
     torch.testing.assert_close(output.losses, want[:, 0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(output.chosen_rewards, want[:, 1], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(output.rejected_rewards, want[:, 2], rtol=1e-9, atol=1e-12)
@@ -117,6 +54,10 @@ def test_zero_length_response_is_finite():
     inputs = tensor_inputs(PAIRS)
     inputs["rejected_lengths"] = torch.tensor([0, 2, 5])
     inputs["policy_rejected_logps"] = torch.tensor([0.0, -8.0, -2.5], dtype=torch.float64)
+    for method in METHODS:
+        assert torch.isfinite(compute_loss(method, **inputs).losses).all(), method
+    inputs["chosen_lengths"] = torch.tensor([0, 10, 3])  # an empty chosen response too (nll divides by it)
+    inputs["policy_chosen_logps"] = torch.tensor([0.0, -30.0, -1.2], dtype=torch.float64)
     for method in METHODS:
         assert torch.isfinite(compute_loss(method, **inputs).losses).all(), method
 
@@ -157,3 +98,119 @@ def test_reference_methods_require_reference_logps():
     inputs["reference_rejected_logps"] = None
     with pytest.raises(ValueError, match="'hinge' needs reference log-probs"):
         compute_loss("hinge", **inputs)
+
+
+@pytest.mark.parametrize("method", sorted(BATCH_LEVEL))
+def test_aot_is_a_batch_level_loss(method):
+    """AOT sorts the batch: its mean equals the quantile-matched hand value, which is not the mean of the pairs'
+    own losses; one pair alone is cdpo (the sort is then the identity)."""
+    hp = HAND_HPARAMS[method]
+    assert get_method(method).batch_level
+    batch = compute_loss(method, hparams=hp, **tensor_inputs(PAIRS))
+    assert batch.loss.item() == pytest.approx(aot_batch(method, PAIRS, hp), rel=1e-9)
+    singles = [compute_loss(method, hparams=hp, **tensor_inputs([p])).loss.item() for p in PAIRS]
+    assert abs(batch.loss.item() - sum(singles) / len(singles)) > 1e-3
+    cdpo = compute_loss("cdpo", hparams=hp, **tensor_inputs(PAIRS)).losses
+    torch.testing.assert_close(torch.tensor(singles, dtype=torch.float64), cdpo, rtol=1e-9, atol=1e-12)
+    # rewards stay per pair (β·rw), in the batch's order
+    torch.testing.assert_close(batch.chosen_rewards, cdpo.new_tensor([hp["beta"] * (p.lw - p.ref_w) for p in PAIRS]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.lists(pair_values, min_size=1, max_size=8), beta=st.floats(0.01, 1.0))
+def test_dpo_options_reduce_to_dpo(rows, beta):
+    """f-DPO with α = 1 (reverse KL), LD-DPO with α = 1, WPO with weights 1 and RPO without NLL are DPO."""
+    pairs = [SimpleNamespace(lw=r[0], ll=r[1], ref_w=r[2], ref_l=r[3], len_w=r[4], len_l=r[5],
+                             tail_w=r[0] / 2, tail_l=r[1] / 3, ref_tail_w=r[2] / 2, ref_tail_l=r[3] / 3,
+                             lss_w=r[0], lss_l=r[1]) for r in rows]  # lss = l: WPO weights exp(0) = 1
+    inputs = tensor_inputs(pairs)
+    dpo = compute_loss("dpo", hparams={"beta": beta}, **inputs)
+    for method, hp in [("f_dpo", {"f_alpha": 1.0}), ("ld_dpo", {"ld_alpha": 1.0}), ("wpo", {}),
+                       ("rpo", {"nll_weight": 0.0})]:
+        other = compute_loss(method, hparams={"beta": beta, **hp}, **inputs)
+        torch.testing.assert_close(other.losses, dpo.losses, rtol=1e-9, atol=1e-9, msg=method)
+        torch.testing.assert_close(other.chosen_rewards, dpo.chosen_rewards, rtol=1e-9, atol=1e-9, msg=method)
+
+
+def test_f_dpo_at_zero_is_forward_kl_and_clamps_like_trl():
+    inputs = tensor_inputs(PAIRS)
+    rw = inputs["policy_chosen_logps"] - inputs["reference_chosen_logps"]
+    rl = inputs["policy_rejected_logps"] - inputs["reference_rejected_logps"]
+    forward_kl = -torch.nn.functional.logsigmoid(0.3 * ((1 - torch.exp(-rw)) - (1 - torch.exp(-rl))))
+    out = compute_loss("f_dpo", hparams={"beta": 0.3, "f_alpha": 0.0}, **inputs)
+    torch.testing.assert_close(out.losses, forward_kl, rtol=1e-12, atol=1e-12)
+    from posweep.losses.options import alpha_divergence_scores
+
+    # (α − 1)·r capped at 80 (11 in float16) before exp, as TRL: a log-ratio of −1000 stays finite
+    huge = torch.tensor([-1000.0])
+    assert alpha_divergence_scores(huge, 0.0).item() == pytest.approx(1 - torch.exp(torch.tensor(80.0)).item())
+    assert torch.isfinite(alpha_divergence_scores(huge.half(), 0.0)).all()
+
+
+def test_ld_dpo_weights_only_the_longer_responses_tail():
+    """ld_alpha = 0 compares the pairs on their shared length only: a tail change moves nothing."""
+    inputs = tensor_inputs(PAIRS)
+    base = compute_loss("ld_dpo", hparams={"ld_alpha": 0.0}, **inputs).losses
+    moved = dict(inputs, policy_rejected_tail_logps=inputs["policy_rejected_tail_logps"] - 5.0,
+                 policy_rejected_logps=inputs["policy_rejected_logps"] - 5.0)
+    torch.testing.assert_close(compute_loss("ld_dpo", hparams={"ld_alpha": 0.0}, **moved).losses, base)
+    assert not torch.allclose(compute_loss("ld_dpo", hparams={"ld_alpha": 0.5}, **moved).losses, base)
+
+
+def test_wpo_weights_carry_no_gradient():
+    inputs = tensor_inputs(PAIRS)
+    policy = inputs["policy_chosen_logps"].requires_grad_()
+    compute_loss("wpo", **inputs).loss.backward()
+    from posweep.losses.options import wpo_weights
+
+    weights = (wpo_weights(inputs["policy_chosen_logps"], inputs["policy_chosen_log_sum_sq_probs"],
+                           inputs["chosen_lengths"])
+               * wpo_weights(inputs["policy_rejected_logps"], inputs["policy_rejected_log_sum_sq_probs"],
+                             inputs["rejected_lengths"]))
+    plain = tensor_inputs(PAIRS)
+    dpo_policy = plain["policy_chosen_logps"].requires_grad_()
+    (compute_loss("dpo", **plain).losses * weights / len(PAIRS)).sum().backward()
+    torch.testing.assert_close(policy.grad, dpo_policy.grad)  # weight × DPO's gradient, no d(weight)
+
+
+def test_methods_that_need_extra_inputs_say_which():
+    inputs = tensor_inputs(PAIRS)
+    inputs["policy_rejected_tail_logps"] = None
+    with pytest.raises(ValueError, match="'ld_dpo' needs the per-pair inputs policy_rejected_tail_logps"):
+        compute_loss("ld_dpo", **inputs)
+    compute_loss("dpo", **inputs)  # a method that does not use them ignores them
+    with pytest.raises(ValueError, match="'wpo' needs the per-pair inputs policy_chosen_log_sum_sq_probs"):
+        compute_loss("wpo", **{**inputs, "policy_chosen_log_sum_sq_probs": None})
+
+
+def test_an_ad_hoc_combination_is_the_weighted_sum_of_its_components():
+    inputs = tensor_inputs(PAIRS)
+    combo = compute_loss("simpo+nll+apo_zero", hparams={"beta": 2.0, "nll_weight": 0.5, "apo_zero_weight": 2.0},
+                         **inputs)
+    simpo = compute_loss("simpo", hparams={"beta": 2.0}, **inputs)
+    nll = compute_loss("nll", **inputs)
+    apo = compute_loss("apo_zero", hparams={"beta": 2.0}, **inputs)  # β is shared
+    torch.testing.assert_close(combo.losses, simpo.losses + 0.5 * nll.losses + 2.0 * apo.losses)
+    torch.testing.assert_close(combo.chosen_rewards, simpo.chosen_rewards)  # the first component's rewards
+    # the same components as a preset and ad hoc give the same loss
+    torch.testing.assert_close(compute_loss("dpo+nll", hparams={"nll_weight": 0.3}, **inputs).losses,
+                               compute_loss("rpo", hparams={"nll_weight": 0.3}, **inputs).losses)
+
+
+def test_discopop_stays_finite_where_trls_expression_is_nan():
+    """TRL computes σ(βh/τ)·exp(−βh), which is 0·inf = NaN in float32 once βh < −88; posweep's
+    exp(log σ(βh/τ) − βh) is the same number and stays finite (≈ the logistic term there)."""
+    import torch.nn.functional as F
+
+    h = torch.tensor([-5000.0, -10.0, 0.0, 10.0])  # float32 log-ratio gaps
+    beta, tau = 0.05, 0.05
+    zero = torch.zeros_like(h)
+    ours = compute_loss("discopop", hparams={"beta": beta, "tau": tau}, policy_chosen_logps=h,
+                        policy_rejected_logps=zero, reference_chosen_logps=zero, reference_rejected_logps=zero,
+                        chosen_lengths=torch.ones(4), rejected_lengths=torch.ones(4)).losses
+    x = beta * h
+    m = torch.sigmoid(x / tau)
+    trl = -F.logsigmoid(x) * (1 - m) + torch.exp(-x) * m
+    assert torch.isnan(trl[0]) and torch.isfinite(ours).all()
+    assert ours[0].item() == pytest.approx(-F.logsigmoid(x[0]).item())
+    torch.testing.assert_close(ours[1:], trl[1:])

@@ -62,14 +62,14 @@ def test_cli_reports_the_bad_key(tmp_path, micro_config):
 
 
 def test_paper_preset_expands_to_the_design_grids():
-    from posweep.losses import METHODS
+    from posweep.losses import METHODS, PAPER_METHODS
 
     config = load_config("paper")
     runs = plan_runs(config)
-    assert set(config.methods) == set(METHODS)  # all nine methods
+    assert list(config.methods) == list(PAPER_METHODS)  # the paper's nine methods
     assert [r.method for r in runs[:6]] == ["sft"] * 6  # SFT runs first: epochs {1,2,3} × lr {1e-5, 2e-5}
     assert {(r.optim.learning_rate, r.optim.epochs) for r in runs[:6]} == {(lr, e) for lr in (1e-5, 2e-5) for e in (1, 2, 3)}
-    for name, method in METHODS.items():
+    for name, method in ((name, METHODS[name]) for name in PAPER_METHODS):
         # The preset's grid is the study grid of DESIGN.md section 2 (also the registry's) ...
         assert config.methods[name].grid == method.study_grid, name
         # ... times the shared lr {3e-7, 5e-7, 1e-6} × epochs {1, 2}.
@@ -91,3 +91,22 @@ def test_demo_preset_validates_and_quick_is_a_subset():
     quick_runs = plan_runs(quick_config(config))
     assert sorted(r.method for r in quick_runs) == sorted(["sft", *config.methods])  # one setting per method
     assert {r.run_id for r in quick_runs} <= {r.run_id for r in runs}  # a later full demo reuses them
+
+
+def test_combinations_and_hyperparameter_bounds_in_a_sweep_config(micro_config):
+    """A method key may be a combination of registry methods (dpo+nll); its grid names the shared β and
+    <component>_weight; values outside a hyperparameter's bounds fail with the key."""
+    config = validate_config({**micro_config, "methods": {
+        "dpo+nll": {"grid": {"beta": [0.1], "nll_weight": [0.2, 1.0]}}, "mpo": {}}})
+    runs = [r for r in plan_runs(config) if r.stage == "po"]
+    assert {r.method for r in runs} == {"dpo+nll", "mpo"}
+    assert sorted(r.hparams["nll_weight"] for r in runs if r.method == "dpo+nll") == [0.2, 1.0]
+    assert next(r for r in runs if r.method == "mpo").hparams["bco_pair_weight"] == 0.2
+    for methods, expected in [
+        ({"dpo+kto": {}}, "methods.dpo+kto: combination 'dpo+kto': 'kto' is not a single registry method"),
+        ({"robust": {"grid": {"epsilon": [0.1, 0.5]}}},
+         "methods.robust.grid.epsilon: method 'robust': hyperparameter 'epsilon' must be >= 0 and < 0.5, got 0.5"),
+    ]:
+        with pytest.raises(SweepConfigError) as error:
+            validate_config({**micro_config, "methods": methods}, "my.yaml")
+        assert expected in str(error.value)

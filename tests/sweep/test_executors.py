@@ -4,7 +4,9 @@ random reward model as the judge):
 - ``ray``: SFT then DPO as Ray tasks on a local Ray instance (skipped when Ray, an optional dependency,
   is not installed);
 - ``local`` with several CUDA devices: one worker process per device (devices simulated: the workers
-  are pinned through CUDA_VISIBLE_DEVICES and find no GPU, so they train on CPU).
+  are pinned through CUDA_VISIBLE_DEVICES and find no GPU, so they train on CPU);
+- ``processes_per_run: 2``: every run a ``torchrun`` of 2 CPU processes (gloo), locally and inside a Ray
+  placement group; a launch that dies without an outcome is recorded failed and the next run goes on.
 """
 
 from __future__ import annotations
@@ -82,3 +84,58 @@ def test_local_executor_uses_one_worker_process_per_cuda_device(tmp_path, two_ru
     result = run_sweep(config, tmp_path / "sweep", progress=False)
     assert result.counts["done"] == 2
     check_done_elsewhere(tmp_path / "sweep", plan_runs(config))
+
+
+def check_distributed(out: Path, runs) -> None:
+    """Every run trained on 2 processes (its config.json says so)."""
+    for run in runs:
+        config = json.loads((out / "runs" / run.run_id / "config.json").read_text())
+        assert config["world_size"] == 2 and config["parallel"] == "ddp", run.run_id
+
+
+def test_local_executor_runs_each_run_with_torchrun_on_two_processes(tmp_path, two_run_config):
+    config = validate_config({**two_run_config, "executor": {"processes_per_run": 2}})
+    result = run_sweep(config, tmp_path / "sweep", progress=False)
+    assert result.counts["done"] == 2 and result.counts["failed"] == 0
+    check_done_elsewhere(tmp_path / "sweep", plan_runs(config))
+    check_distributed(tmp_path / "sweep", plan_runs(config))
+
+
+def test_ray_executor_runs_each_run_in_a_placement_group_on_two_processes(tmp_path, two_run_config):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'posweep[ray]')")
+    config = validate_config({**two_run_config, "sft": None,
+                              "executor": {"kind": "ray", "num_cpus": 1, "processes_per_run": 2}})
+    out = tmp_path / "sweep"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(config, out, progress=False)
+    finally:
+        ray.shutdown()
+    assert result.counts["done"] == 1 and result.counts["failed"] == 0
+    check_done_elsewhere(out, plan_runs(config))
+    check_distributed(out, plan_runs(config))
+
+
+def test_a_crashed_launch_is_recorded_failed_and_the_next_run_goes_on(tmp_path, two_run_config, monkeypatch):
+    """The launcher's processes die without an outcome (first run) or record one (second run)."""
+    import pickle
+    import sys
+
+    from posweep.sweep import launch
+    from posweep.sweep.executors import LaunchExecutor
+    from posweep.sweep.plan import RunOutcome
+
+    config = validate_config({**two_run_config, "executor": {"processes_per_run": 2}})
+    jobs = [RunJob(run, config, tmp_path, "base") for run in plan_runs(config)]
+    script = ("import pickle, sys; from posweep.sweep.plan import RunOutcome; "
+              "job = pickle.load(open(sys.argv[1], 'rb')); "
+              "sys.exit(3) if job.run.stage == 'sft' else pickle.dump(RunOutcome(job.run.run_id, 'done'), open(sys.argv[2], 'wb'))")
+    monkeypatch.setattr(launch, "launch_command", lambda n, job, out: [sys.executable, "-c", script, str(job), str(out)])
+    executor = LaunchExecutor(config.executor, gpus=0)
+    started = []
+    outcomes = list(executor.run(jobs, lambda job: started.append(job.run.run_id)))
+    executor.close()
+    assert started == [job.run.run_id for job in jobs]
+    assert [(o.run_id, o.status) for o in outcomes] == [(jobs[0].run.run_id, "failed"), (jobs[1].run.run_id, "done")]
+    assert "exited with code 3" in outcomes[0].error
+    assert pickle.loads(pickle.dumps(outcomes[1])) == RunOutcome(jobs[1].run.run_id, "done", pid=outcomes[1].pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -82,19 +83,19 @@ def test_non_finite_loss_fails_with_a_message(tiny_model_dir, tokenized, tmp_pat
 @pytest.mark.parametrize("method,hparams", [("dpo", {"beta": 0.1}), ("ln_dpo", {"beta": 2.0}),
                                             ("simpo", {"beta": 2.5, "gamma_beta_ratio": 0.5})])
 def test_builtin_model_learns_each_paper_method(builtin_model_dir, method, hparams, tmp_path):
-    """20 steps on the real 135M model lower the loss and push reward accuracy above 0.5."""
+    """Three full-batch steps on the real 135M model lower the loss and order every pair correctly (at this
+    learning rate one step already moves the loss from 0.69 to ~0.2 for DPO; kept short: CPU time)."""
     from posweep.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(builtin_model_dir))
     pairs = prepare_pairs("test-pairs", tokenizer, DataLimits(max_prompt_length=64, max_length=96), pairs=make_pairs())
-    optim = OptimConfig(learning_rate=5e-6, epochs=20, max_steps=20, batch_size=4, micro_batch_size=4,
+    optim = OptimConfig(learning_rate=2e-5, epochs=20, max_steps=3, batch_size=8, micro_batch_size=8,
                         warmup_ratio=0.0, seed=0)
     result = train_preference(str(builtin_model_dir), pairs, method, hparams, optim, tmp_path, progress=False, device="cpu")
-    assert result.status == "done" and result.steps == 20
+    assert result.status == "done" and result.steps == 3
     log = read_log(tmp_path)
-    first, last = log[:4], log[-4:]
-    assert sum(r["loss"] for r in last) < sum(r["loss"] for r in first)
-    assert sum(r["reward_accuracy"] for r in last) / len(last) > 0.5
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    assert log[-1]["reward_accuracy"] == 1.0  # every pair ordered correctly by the method's own rewards
 
 
 def test_step_one_rewards_are_zero_under_mixed_precision(tiny_model_dir, tokenized, tmp_path):
@@ -109,3 +110,12 @@ def test_step_one_rewards_are_zero_under_mixed_precision(tiny_model_dir, tokeniz
     with pytest.raises(ValueError, match="mixed_precision"):
         train_preference(str(tiny_model_dir), tokenized, "dpo", {}, FAST, tmp_path / "x", reference_logps=reference,
                          progress=False, device="cpu")
+
+
+def test_methods_with_extra_inputs_train(tiny_model_dir, tokenized, tmp_path):
+    """LD-DPO (tails from the pass and the reference cache) and WPO (log Σ π²) get their inputs from the loop."""
+    for method in ("ld_dpo", "wpo", "dpo+ld_dpo"):
+        result = train_preference(str(tiny_model_dir), tokenized, method, {}, FAST, tmp_path / method, progress=False,
+                                  device="cpu")
+        assert result.status == "done", result.error
+        assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path / method))

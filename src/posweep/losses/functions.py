@@ -1,4 +1,4 @@
-"""Preference-optimization losses as pure functions on per-pair summed log-probs (docs/DESIGN.md section 2).
+"""Preference-optimization losses as pure functions on per-pair summed log-probs (docs/DESIGN.md sections 2, 8).
 
 In: for a batch of pairs (x, y_w, y_l), tensors of shape [batch]: the policy's summed response log-probs
 ``policy_chosen_logps`` (lw) and ``policy_rejected_logps`` (ll), the reference model's (None for
@@ -7,55 +7,33 @@ returns both). Out: a ``LossOutput`` with the per-pair loss (the trainer takes t
 implicit rewards the trainer logs.
 
 Every loss has the same signature, so a trainer calls any of them alike; ``posweep.losses.registry``
-names, for each method, its function here, its hyperparameters and its study grid. Notation as
+names, for each method, its function (here for the paper's nine, in ``trl_losses`` for TRL's other
+DPOTrainer loss types, in ``options`` for DPO with TRL's options), its hyperparameters and its study grid.
+``compute_loss`` is the one entry point: it also sums combinations (``combinations``). Notation as
 docs/DESIGN.md: ``rw = lw − log πref(y_w|x)``, ``h = rw − rl``, σ = sigmoid. Lengths are clamped to at
 least 1 before dividing (as TRL does), so an empty response contributes a log-prob of 0 instead of NaN.
 
 Rewards are the per-response quantity whose chosen − rejected difference the loss acts on, scaled by the
 method's β (τ for IPO, λ for ORPO): DPO β·rw, SimPO β·lw/|y_w|, ... so ``margins > 0`` means the pair is
 ordered correctly by the method's own criterion. That is TRL's logging, except for LN-DPO and IPO, where
-TRL logs the unnormalized β·rw and here the rewards are length-normalized like the loss.
+TRL logs the unnormalized β·rw and here the rewards are length-normalized like the loss, and f-DPO
+(``options``), whose rewards are β·f′(e^r). A combination logs its first component's rewards.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from posweep.losses.registry import get_method
+from posweep.losses import combinations, options, trl_losses
+from posweep.losses.common import LossOutput, Tensor, per_token, scaled_rewards
+from posweep.losses.registry import get_method, weight_name
 
-Tensor = torch.Tensor
-
-
-@dataclass
-class LossOutput:
-    """Per-pair results, all shape [batch]. ``losses`` carries gradients; the rewards are detached."""
-
-    losses: Tensor
-    chosen_rewards: Tensor
-    rejected_rewards: Tensor
-
-    @property
-    def loss(self) -> Tensor:
-        """The batch loss the trainer back-propagates: the mean over pairs."""
-        return self.losses.mean()
-
-    @property
-    def margins(self) -> Tensor:
-        return self.chosen_rewards - self.rejected_rewards
-
-
-def _per_token(logps: Tensor, lengths: Tensor) -> Tensor:
-    """Summed log-probs divided by response length (length >= 1, as TRL clamps)."""
-    return logps / lengths.to(device=logps.device, dtype=logps.dtype).clamp(min=1)
-
-
-def _rewards(chosen: Tensor, rejected: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    return scale * chosen.detach(), scale * rejected.detach()
+__all__ = ["LossOutput", "compute_loss", "loss_function"]
 
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -65,7 +43,7 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     chosen_ratios = policy_chosen_logps - reference_chosen_logps
     rejected_ratios = policy_rejected_logps - reference_rejected_logps
     losses = -F.logsigmoid(beta * (chosen_ratios - rejected_ratios))
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
 def ln_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -76,10 +54,10 @@ def ln_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     Equals TRL ``sigmoid_norm``. Rewards β·rw/|y_w|, β·rl/|y_l| (the normalized terms the loss compares;
     TRL logs the unnormalized β·rw for every DPOTrainer loss type).
     """
-    chosen_ratios = _per_token(policy_chosen_logps - reference_chosen_logps, chosen_lengths)
-    rejected_ratios = _per_token(policy_rejected_logps - reference_rejected_logps, rejected_lengths)
+    chosen_ratios = per_token(policy_chosen_logps - reference_chosen_logps, chosen_lengths)
+    rejected_ratios = per_token(policy_rejected_logps - reference_rejected_logps, rejected_lengths)
     losses = -F.logsigmoid(beta * (chosen_ratios - rejected_ratios))
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
 def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -93,10 +71,10 @@ def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     (paper eq. 1). Equals TRL CPOTrainer ``loss_type="simpo"`` with ``cpo_alpha=0`` and
     ``simpo_gamma`` = γ. Rewards β·lw/|y_w|, β·ll/|y_l| (as TRL); the margin excludes γ.
     """
-    chosen_average = _per_token(policy_chosen_logps, chosen_lengths)
-    rejected_average = _per_token(policy_rejected_logps, rejected_lengths)
+    chosen_average = per_token(policy_chosen_logps, chosen_lengths)
+    rejected_average = per_token(policy_rejected_logps, rejected_lengths)
     losses = -F.logsigmoid(beta * (chosen_average - rejected_average) - gamma_beta_ratio * beta)
-    return LossOutput(losses, *_rewards(chosen_average, rejected_average, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_average, rejected_average, beta))
 
 
 def r_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -112,7 +90,7 @@ def r_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     rejected_ratios = policy_rejected_logps - reference_rejected_logps
     length_difference = (chosen_lengths - rejected_lengths).to(chosen_ratios.dtype)
     losses = -F.logsigmoid(beta * (chosen_ratios - rejected_ratios) + alpha * length_difference)
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
 def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -123,10 +101,10 @@ def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     Equals TRL ``ipo`` (TRL calls τ ``beta`` and averages the log-ratios per token, as here). Rewards
     τ·rw/|y_w|, τ·rl/|y_l| (the normalized terms the loss compares; TRL logs the unnormalized τ·rw).
     """
-    chosen_ratios = _per_token(policy_chosen_logps - reference_chosen_logps, chosen_lengths)
-    rejected_ratios = _per_token(policy_rejected_logps - reference_rejected_logps, rejected_lengths)
+    chosen_ratios = per_token(policy_chosen_logps - reference_chosen_logps, chosen_lengths)
+    rejected_ratios = per_token(policy_rejected_logps - reference_rejected_logps, rejected_lengths)
     losses = (chosen_ratios - rejected_ratios - 1 / (2 * tau)) ** 2
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, tau))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, tau))
 
 
 def cdpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -144,7 +122,7 @@ def cdpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     rejected_ratios = policy_rejected_logps - reference_rejected_logps
     logits = beta * (chosen_ratios - rejected_ratios)
     losses = -(1 - epsilon) * F.logsigmoid(logits) - epsilon * F.logsigmoid(-logits)
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
 def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -154,7 +132,7 @@ def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     chosen_ratios = policy_chosen_logps - reference_chosen_logps
     rejected_ratios = policy_rejected_logps - reference_rejected_logps
     losses = torch.relu(1 - beta * (chosen_ratios - rejected_ratios))
-    return LossOutput(losses, *_rewards(chosen_ratios, rejected_ratios, beta))
+    return LossOutput(losses, *scaled_rewards(chosen_ratios, rejected_ratios, beta))
 
 
 def cpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -169,9 +147,9 @@ def cpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     β·lw, β·ll (as TRL).
     """
     logits = beta * (policy_chosen_logps - policy_rejected_logps)
-    chosen_nll = -_per_token(policy_chosen_logps, chosen_lengths)
+    chosen_nll = -per_token(policy_chosen_logps, chosen_lengths)
     losses = -F.logsigmoid(logits) + nll_weight * chosen_nll
-    return LossOutput(losses, *_rewards(policy_chosen_logps, policy_rejected_logps, beta))
+    return LossOutput(losses, *scaled_rewards(policy_chosen_logps, policy_rejected_logps, beta))
 
 
 def _log_odds(average_logps: Tensor) -> Tensor:
@@ -197,28 +175,69 @@ def orpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     tokens of all chosen rows of the batch; here the NLL is over response tokens, per pair, as docs/DESIGN.md.
     Rewards λ·lw/|y_w|, λ·ll/|y_l| (as TRL).
     """
-    chosen_average = _per_token(policy_chosen_logps, chosen_lengths)
-    rejected_average = _per_token(policy_rejected_logps, rejected_lengths)
+    chosen_average = per_token(policy_chosen_logps, chosen_lengths)
+    rejected_average = per_token(policy_rejected_logps, rejected_lengths)
     log_odds_ratio = _log_odds(chosen_average) - _log_odds(rejected_average)
     losses = -chosen_average - odds_ratio_weight * F.logsigmoid(log_odds_ratio)
-    return LossOutput(losses, *_rewards(chosen_average, rejected_average, odds_ratio_weight))
+    return LossOutput(losses, *scaled_rewards(chosen_average, rejected_average, odds_ratio_weight))
 
 
 def loss_function(method_name: str):
-    """The pure loss function of a registry method."""
-    return globals()[get_method(method_name).loss]
+    """The pure loss function of a single registry method (a combination has none: see ``compute_loss``)."""
+    method = get_method(method_name)
+    if method.components:
+        raise ValueError(f"method {method_name!r} is a combination of {', '.join(method.components)}; "
+                         "compute_loss sums their loss functions")
+    for module in _LOSS_MODULES:
+        if hasattr(module, method.loss):
+            return getattr(module, method.loss)
+    raise LookupError(f"method {method_name!r}: no loss function {method.loss!r}")
+
+
+def _single_loss(method, kwargs: dict, standard: tuple, extra: dict) -> LossOutput:
+    own = {key: kwargs[key] for key in method.hyperparameters}
+    return loss_function(method.name)(*standard, **{name: extra[name] for name in method.inputs}, **own)
 
 
 def compute_loss(method_name: str, *, hparams: Mapping[str, float] | None = None,
                  policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                  chosen_lengths: Tensor, rejected_lengths: Tensor,
                  reference_chosen_logps: Tensor | None = None,
-                 reference_rejected_logps: Tensor | None = None) -> LossOutput:
-    """The loss of ``method_name``, its defaults overridden by ``hparams`` (method-specific names only)."""
+                 reference_rejected_logps: Tensor | None = None,
+                 policy_chosen_tail_logps: Tensor | None = None,
+                 policy_rejected_tail_logps: Tensor | None = None,
+                 reference_chosen_tail_logps: Tensor | None = None,
+                 reference_rejected_tail_logps: Tensor | None = None,
+                 policy_chosen_log_sum_sq_probs: Tensor | None = None,
+                 policy_rejected_log_sum_sq_probs: Tensor | None = None) -> LossOutput:
+    """The loss of ``method_name``, its defaults overridden by ``hparams`` (method-specific names only).
+
+    The last six inputs are the extra per-pair sums of ``posweep.losses.method.EXTRA_INPUTS``; a method
+    uses those its ``inputs`` name (LD-DPO the tails, WPO the log Σ π² sums) and ignores the others. A
+    combination (``Method.components``) is the weighted sum of its components' losses, each called with
+    its own hyperparameters (``posweep.losses.combinations``).
+    """
     method = get_method(method_name)
+    kwargs = method.loss_kwargs(hparams)
     if method.needs_reference and (reference_chosen_logps is None or reference_rejected_logps is None):
         raise ValueError(f"method {method_name!r} needs reference log-probs (reference_chosen_logps, "
                          "reference_rejected_logps); got None")
-    return loss_function(method.name)(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                          reference_rejected_logps, chosen_lengths, rejected_lengths,
-                          **method.loss_kwargs(hparams))
+    extra = {"policy_chosen_tail_logps": policy_chosen_tail_logps,
+             "policy_rejected_tail_logps": policy_rejected_tail_logps,
+             "reference_chosen_tail_logps": reference_chosen_tail_logps,
+             "reference_rejected_tail_logps": reference_rejected_tail_logps,
+             "policy_chosen_log_sum_sq_probs": policy_chosen_log_sum_sq_probs,
+             "policy_rejected_log_sum_sq_probs": policy_rejected_log_sum_sq_probs}
+    missing = [name for name in method.inputs if extra[name] is None]
+    if missing:
+        raise ValueError(f"method {method_name!r} needs the per-pair inputs {', '.join(missing)}; got None")
+    standard = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                chosen_lengths, rejected_lengths)
+    if not method.components:
+        return _single_loss(method, kwargs, standard, extra)
+    return combinations.weighted_sum([
+        (kwargs[weight_name(name)], _single_loss(get_method(name), kwargs, standard, extra))
+        for name in method.components])
+
+
+_LOSS_MODULES = (sys.modules[__name__], trl_losses, options)

@@ -8,7 +8,9 @@ docs/ARCHITECTURE.md, minus the report (``posweep.workflow`` writes it after the
 - ``state``: ``state.sqlite`` and the folder lock.
 - ``inputs``: what the runs share, loaded once per process.
 - ``run``: one run (train → evaluate).
-- ``executors``: in process, one worker per CUDA device, Ray.
+- ``executors``: in process, one worker per CUDA device, torchrun per run (``processes_per_run``), Ray.
+- ``launch``: one run on several processes (torchrun), evaluated on the main one.
+- ``dryrun``: ``--dry-run``: the plan, memory per run, tokens and time; nothing run or written.
 - ``pipeline``: ``run_sweep``, the SFT choice, ``summary.csv``.
 """
 

@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from posweep.config import DEFAULT_MODEL, DataLimits, OptimConfig, SamplingSpec, Strict, UserError
 from posweep.data.layouts import PAIR_LAYOUTS, PROMPT_LAYOUTS
 from posweep.judges.base import check_judge_spec
-from posweep.losses import METHODS
+from posweep.losses import METHODS, MethodError, get_method
 
 OPTIM_GRID_KEYS = ("learning_rate", "epochs")  # grid keys that set OptimConfig fields, shared by all stages
 
@@ -61,6 +61,8 @@ class ExecutorConfig(Strict):
     address: str | None = Field(None, description="Ray cluster address (e.g. auto); none starts a local Ray")
     num_cpus: float = Field(1, gt=0, description="CPUs each Ray task requests")
     max_retries: int = Field(2, ge=0, description="Ray retries of a task whose worker died")
+    processes_per_run: int = Field(1, ge=1, description="devices (processes) per run: > 1 runs each with torchrun, "
+                                   "data-parallel, or sharded with optim.fsdp")
 
 
 class SweepConfig(Strict):
@@ -100,18 +102,25 @@ def grid_problems(config: SweepConfig) -> list[str]:
     if config.sft is not None:
         grids["sft.grid"] = config.sft.grid
     for name, method_config in config.methods.items():
-        if name not in METHODS:
-            problems.append(f"methods.{name}: unknown method (known: {', '.join(METHODS)})")
+        if name not in METHODS and "+" not in name:
+            problems.append(f"methods.{name}: unknown method (known: {', '.join(METHODS)}, or a+b combinations)")
+            continue
+        try:  # a combination of registry methods such as dpo+nll (docs/DESIGN.md section 8)
+            get_method(name)
+        except MethodError as error:
+            problems.append(f"methods.{name}: {error}")
             continue
         grids[f"methods.{name}.grid"] = method_config.grid
     for where, grid in grids.items():
-        method = METHODS[where.split(".")[1]] if where.startswith("methods.") else None
+        method = get_method(where.split(".")[1]) if where.startswith("methods.") else None
         known = [*(method.hyperparameters if method else []), *OPTIM_GRID_KEYS]
         for key, values in grid.items():
             if key not in known:
                 what = f"hyperparameter for {method.name}" if method else f"key for {where}"
                 problems.append(f"{where}.{key}: unknown {what} (known: {', '.join(known)})")
                 continue
+            if method is not None:
+                problems += [f"{where}.{key}: {p}" for v in values if (p := method.check_value(key, v))]
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 problems.append(f"{where}.{key}: repeated values {repeated}")

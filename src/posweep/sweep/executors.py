@@ -6,17 +6,25 @@ alone records outcomes in ``state.sqlite``.
 
 - ``InProcessExecutor``: one run after another in this process (shared inputs loaded once).
 - ``DeviceExecutor``: one worker process per CUDA device.
-- ``RayExecutor``: one Ray task per run, with its GPU request.
+- ``LaunchExecutor`` (``processes_per_run`` > 1): each run a ``torchrun`` of that many processes on its own
+  group of devices (``posweep.sweep.launch``), groups in parallel; on CPU, gloo processes.
+- ``RayExecutor``: one Ray task per run, with its GPU request; with ``processes_per_run`` > 1 each run
+  reserves a placement group of that many GPUs (or CPUs) and runs ``torchrun`` inside it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+from posweep.sweep import launch
 from posweep.sweep.config import ExecutorConfig
 from posweep.sweep.plan import RunJob, RunOutcome
-from posweep.sweep.run import run_one
+from posweep.sweep.run import is_finished, run_one
 from posweep.sweep.state import SweepError
 
 OnStart = Callable[[RunJob], None]
@@ -103,6 +111,58 @@ class DeviceExecutor(BoundedExecutor):
         self.pool.shutdown()
 
 
+def device_groups(gpus: int, processes: int) -> list[list[int]]:
+    """Disjoint groups of ``processes`` CUDA devices (a trailing incomplete group stays unused)."""
+    if gpus and gpus < processes:
+        raise SweepError(f"executor.processes_per_run is {processes} but this machine has {gpus} CUDA devices")
+    return [list(range(start, start + processes)) for start in range(0, gpus - processes + 1, processes)]
+
+
+class LaunchExecutor(BoundedExecutor):
+    """Each run a ``torchrun`` of ``processes_per_run`` processes; as many runs at once as device groups
+    fit (on CPU: ``cpu_count // processes_per_run``). The driver records every outcome."""
+
+    def __init__(self, options: ExecutorConfig, gpus: int):
+        self.processes = options.processes_per_run
+        self.free = [",".join(map(str, group)) for group in device_groups(gpus, self.processes)] if gpus else \
+            [None] * max(1, (os.cpu_count() or 1) // self.processes)
+        self.slots = len(self.free)
+        self.scratch = Path(tempfile.mkdtemp(prefix="posweep-launch-"))
+        self.running: dict = {}  # handle -> (devices, scratch folder)
+
+    def submit(self, job: RunJob):
+        devices = self.free.pop(0)
+        if is_finished(Path(job.out_dir) / "runs" / job.run.run_id):
+            handle = run_one(job)  # evaluated by an earlier attempt: nothing to launch
+        else:
+            env = {"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}
+            handle = launch.start_run(job, self.processes, self.scratch / job.run.run_id, env)
+        self.running[id(handle)] = (devices, handle)
+        return id(handle)
+
+    def wait_any(self, handles: list) -> list:
+        while True:
+            done = [h for h in handles if isinstance(self.running[h][1], RunOutcome) or self.running[h][1].poll() is not None]
+            if done:
+                return done
+            time.sleep(0.2)
+
+    def outcome(self, handle, job: RunJob) -> RunOutcome:
+        devices, process = self.running.pop(handle)
+        self.free.append(devices)
+        if isinstance(process, RunOutcome):
+            return process
+        outcome = launch.collect_run(job, process.returncode, self.scratch / job.run.run_id)
+        shutil.rmtree(self.scratch / job.run.run_id, ignore_errors=True)
+        return outcome
+
+    def close(self) -> None:
+        for _, process in self.running.values():
+            if not isinstance(process, RunOutcome) and process.poll() is None:
+                process.terminate()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
 class RayExecutor(BoundedExecutor):
     """Each run a Ray task with its GPU request. Tasks write their run folders; the driver records status.
 
@@ -120,14 +180,31 @@ class RayExecutor(BoundedExecutor):
             ray.init(address=options.address, include_dashboard=False)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
+        n = self.processes = options.processes_per_run
+        if gpus and gpus < n:  # its placement group could never be placed: the sweep would wait forever
+            raise SweepError(f"executor.processes_per_run is {n} but the Ray cluster has {gpus} GPUs")
         # Only as many runs in flight as the cluster can execute at once, so "running" means running.
-        self.slots = gpus if gpus else max(1, int(resources.get("CPU", 1) // options.num_cpus))
+        self.slots = max(1, gpus // n) if gpus else max(1, int(resources.get("CPU", 1) // (options.num_cpus * n)))
         passed_env = {k: v for k, v in os.environ.items() if k.startswith(("POSWEEP_", "HF_", "TOKENIZERS_"))}
-        self.task = ray.remote(run_one).options(num_gpus=1 if gpus else 0, num_cpus=options.num_cpus,
-                                                max_retries=options.max_retries, runtime_env={"env_vars": passed_env})
+        # A run of n processes needs n devices on one node: one bundle holding all of them, reserved per run.
+        self.bundle = {"GPU": n, "CPU": options.num_cpus * n} if gpus else {"CPU": options.num_cpus * n}
+        self.function = ray.remote(run_one if n == 1 else launch.launch_run)
+        self.options = {"num_gpus": n if gpus else 0, "num_cpus": options.num_cpus * n,
+                        "max_retries": options.max_retries, "runtime_env": {"env_vars": passed_env}}
+        self.groups: dict = {}  # handle -> placement group
 
     def submit(self, job: RunJob):
-        return self.task.remote(job)
+        if self.processes == 1:
+            return self.function.options(**self.options).remote(job)
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group([self.bundle], strategy="STRICT_PACK")
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
+        # Ray sets CUDA_VISIBLE_DEVICES to the task's GPUs; torchrun's processes each take one of them.
+        handle = self.function.options(**self.options, scheduling_strategy=strategy).remote(job, self.processes)
+        self.groups[handle] = group
+        return handle
 
     def wait_any(self, handles: list) -> list:
         return self.ray.wait(handles, num_returns=1)[0]
@@ -137,20 +214,28 @@ class RayExecutor(BoundedExecutor):
             return self.ray.get(handle)
         except self.ray.exceptions.RayError as error:  # the task's worker died, retries exhausted
             return RunOutcome(job.run.run_id, "failed", error=f"Ray task failed: {error}"[:2000], pid=None)
+        finally:
+            if handle in self.groups:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self.groups.pop(handle))
 
     def close(self) -> None:
         if self.started_ray:
             self.ray.shutdown()
 
 
-Executor = InProcessExecutor | DeviceExecutor | RayExecutor
+Executor = InProcessExecutor | DeviceExecutor | LaunchExecutor | RayExecutor
 
 
 def make_executor(options: ExecutorConfig) -> Executor:
-    """``ray``: Ray tasks. ``local``: worker processes when several CUDA devices are present, else in process."""
+    """``ray``: Ray tasks. ``local``: ``torchrun`` per run when ``processes_per_run`` > 1, else worker
+    processes when several CUDA devices are present, else in process."""
     if options.kind == "ray":
         return RayExecutor(options)
     import torch
 
     devices = list(range(torch.cuda.device_count()))
+    if options.processes_per_run > 1:
+        return LaunchExecutor(options, len(devices))
     return DeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()

@@ -44,7 +44,7 @@ def _planned_run(config: SweepConfig, method: str, point: dict[str, float], seed
     optim = config.optim.model_copy(update={**{k: point[k] for k in OPTIM_GRID_KEYS if k in point}, "seed": seed})
     hparams = {} if method == "sft" else {**get_method(method).hyperparameters,
                                           **{k: v for k, v in point.items() if k not in OPTIM_GRID_KEYS}}
-    identity = {"method": method, "hparams": hparams, "optim": optim.model_dump(), "seed": seed,
+    identity = {"method": method, "hparams": hparams, "optim": optim.identity(), "seed": seed,
                 "data": {"train": config.train_data.model_dump(), "limits": config.limits.model_dump()},
                 "model": config.model}
     return PlannedRun(f"{method}-{stable_hash(identity, 10)}", method, "sft" if method == "sft" else "po",
@@ -69,7 +69,7 @@ def sweep_context(config: SweepConfig) -> dict:
         "model": config.model, "train_data": config.train_data.model_dump(),
         "test_prompts": config.test_prompts.model_dump(), "judge": config.judge,
         "sampling": config.sampling.model_dump(), "limits": config.limits.model_dump(),
-        "optim": config.optim.model_dump(exclude={"learning_rate", "epochs", "seed"}),
+        "optim": config.optim.identity(exclude={"learning_rate", "epochs", "seed"}),
     }))
 
 

@@ -5,7 +5,10 @@ folder, ``config.json`` and ``train_log.jsonl`` (``TrainResult``); ``ReferenceLo
 
 - ``logprobs``: summed response log-probs without full-vocabulary logits; pairs → rows.
 - ``reference``: the reference log-prob cache.
-- ``trainer``: the loop.
+- ``trainer``: the loop (one process, or each rank's share under torchrun).
+- ``distributed``: how a step splits over processes, the collectives, FSDP2 sharding.
+- ``lora``: peft adapters (LoRA / QLoRA) and their checkpoints.
+- ``trackers``: TensorBoard / W&B / MLflow through accelerate.
 - ``job``: one job from the command line or a YAML file.
 """
 
