@@ -67,6 +67,12 @@ def test_unknown_judge_spec_for_evaluate(tmp_path, tiny_model_dir, pairs_file):
                     "--judge", "gold", "--out", tmp_path / "eval"], "unknown judge spec 'gold'")
 
 
+def test_unknown_sampling_backend_for_evaluate(tmp_path, tiny_model_dir, pairs_file):
+    one_line_error(["evaluate", "--model", tiny_model_dir, "--sft", tiny_model_dir, "--prompts", pairs_file,
+                    "--judge", "demo", "--backend", "tgi", "--out", tmp_path / "eval"],
+                   "unknown sampling backend 'tgi'", "hf-compiled")
+
+
 @pytest.mark.parametrize("content", ["garbage", "foreign"])
 def test_state_sqlite_that_is_not_a_sweeps(tmp_path, content):
     out = tmp_path / "sweep"

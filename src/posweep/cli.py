@@ -346,15 +346,22 @@ def evaluate(model: str = typer.Option(..., "--model", help="The run's model: fo
              top_p: float = typer.Option(1.0, "--top-p"),
              batch_size: int = typer.Option(16, "--batch-size"),
              seed: int = typer.Option(0, "--seed"),
+             backend: str = typer.Option("auto", "--backend", help="Sampling backend: auto (vllm when installed "
+                                         "on CUDA, else hf), hf, hf-compiled or vllm."),
              limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N prompts.")) -> None:
     """Sample, score and compare one model with its SFT model: writes samples.parquet and metrics.json."""
     from posweep.config import SamplingSpec
     from posweep.data import load_prompts
     from posweep.evaluation import evaluate_run
+    from posweep.generation import resolve_backend
     from posweep.judges import load_judge
 
+    try:
+        backend = resolve_backend(backend)
+    except ValueError as error:
+        fail(str(error))
     sampling = SamplingSpec(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            batch_size=batch_size, seed=seed)
+                            batch_size=batch_size, seed=seed, backend=backend)
     items, _ = load_prompts(prompts)
     if limit is not None:
         items = items[:limit]
@@ -362,7 +369,8 @@ def evaluate(model: str = typer.Option(..., "--model", help="The run's model: fo
     out_dir = out or Path("evaluations") / Path(model).name
     metrics = evaluate_run(model, sft, items, loaded_judge, sampling, out_dir)
     table = Table(title=f"{model} vs {sft}  (n = {metrics['n']}, judge {loaded_judge.name}"
-                        f"{', a stand-in' if loaded_judge.is_stand_in else ''})")
+                        f"{', a stand-in' if loaded_judge.is_stand_in else ''}; sampled with {backend}, "
+                        f"KL at temperature {metrics['kl_temperature']:g})")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("95% interval", justify="right")

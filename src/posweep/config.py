@@ -58,13 +58,19 @@ class DataLimits(Strict):
 
 
 class SamplingSpec(Strict):
-    """How a response is sampled for evaluation (the paper: one sample per prompt, 256 new tokens)."""
+    """How a response is sampled for evaluation (the paper: one sample per prompt, 256 new tokens).
+
+    ``backend``: ``hf`` (posweep's decoder), ``hf-compiled`` (the same with a static cache and a compiled
+    decode step, for GPUs), ``vllm`` (CUDA, optional extra) or ``auto`` (vllm when it is installed and CUDA
+    is present, else hf). Backends draw different random numbers, so a sweep resolves ``auto`` once and
+    records the result; the resolved name is part of every baseline key."""
 
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
     batch_size: int = Field(16, gt=0)
+    backend: Literal["auto", "hf", "hf-compiled", "vllm"] = "auto"
 
     def key(self) -> str:
         return stable_hash(self.model_dump())

@@ -46,9 +46,12 @@ def sample_kls(run_index: int) -> list[float]:
 
 def write_sweep(root: Path, runs=RUNS, *, judge_is_stand_in: bool = True, sft_run_id: str | None = "sft-a",
                 without_samples: tuple[str, ...] = (), responses: dict[str, list[str]] | None = None,
-                seeds: dict[str, int] | None = None, grids: dict | None = None) -> Path:
+                seeds: dict[str, int] | None = None, grids: dict | None = None,
+                selection: tuple[str, ...] = ()) -> Path:
     """A sweep folder as docs/ARCHITECTURE.md lays it out, from (run_id, method, hparams, scores) specs.
-    Per sample i of run number r: length 10(i+1)+r, kl 0.5(i+1)+0.1r, ln_kl = kl/length."""
+    Per sample i of run number r: length 10(i+1)+r, kl 0.5(i+1)+0.1r, ln_kl = kl/length. ``selection``: the
+    prompt ids of a selection split (metrics.json then holds the other prompts' metrics and
+    ``selection_mean_score``, as evaluation writes them)."""
     responses = responses or {}
     seeds = seeds or {}
     rows = []
@@ -73,14 +76,20 @@ def write_sweep(root: Path, runs=RUNS, *, judge_is_stand_in: bool = True, sft_ru
                 "win_vs_chosen": [1.0 if s > 0.5 else 0.5 if s == 0.5 else 0.0 for s in scores],
                 "win_vs_sft": [1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, SFT_SCORES)],
             })
+            samples.insert(1, "split", [("selection" if pid in selection else "held_out") if selection else "both"
+                                        for pid in PROMPTS])
             if run_id not in without_samples:
                 samples.to_parquet(run_dir / "samples.parquet")
-            metrics = {"n": len(PROMPTS), "truncated_share": float(samples["truncated"].mean()),
-                       "empty_share": float((samples["response"].str.strip() == "").mean())}
+            reported = samples[samples["split"] != "selection"]
+            metrics = {"n": len(reported), "truncated_share": float(reported["truncated"].mean()),
+                       "empty_share": float((reported["response"].str.strip() == "").mean())}
             for name, column in [("mean_score", "score"), ("win_vs_chosen", "win_vs_chosen"),
                                  ("win_vs_sft", "win_vs_sft"), ("kl", "kl"), ("ln_kl", "ln_kl"), ("length", "length")]:
-                value = float(samples[column].mean())
+                value = float(reported[column].mean())
                 metrics[name], metrics[f"{name}_ci"] = value, [value - 0.05, value + 0.05]
+            if selection:
+                chosen_on = samples[samples["split"] == "selection"]
+                metrics.update(selection_n=len(chosen_on), selection_mean_score=float(chosen_on["score"].mean()))
             (run_dir / "metrics.json").write_text(json.dumps(metrics))
             row.update({key: value for key, value in metrics.items() if not key.endswith("_ci")})
         rows.append(row)
@@ -90,7 +99,9 @@ def write_sweep(root: Path, runs=RUNS, *, judge_is_stand_in: bool = True, sft_ru
         sft_metrics = json.loads((root / "runs" / sft_run_id / "metrics.json").read_text())
     info = {"judge": "demo", "judge_is_stand_in": judge_is_stand_in, "sft_run_id": sft_run_id,
             "sft_metrics": sft_metrics, "model": "builtin:smollm2-135m-instruct", "train_data": "demo",
-            "test_prompts": "demo", "methods": grids or {}}
+            "test_prompts": {"source": "demo", "n": len(PROMPTS)}, "methods": grids or {},
+            "selection": {"fraction": len(selection) / len(PROMPTS), "n_selection": len(selection),
+                          "n_held_out": len(PROMPTS) - len(selection)} if selection else None}
     (root / "sweep_info.json").write_text(json.dumps(info))
     (root / "baseline").mkdir(exist_ok=True)
     pd.DataFrame({"prompt_id": PROMPTS, "response": ["sft"] * 4, "score": SFT_SCORES}).to_parquet(

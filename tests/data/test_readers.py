@@ -15,6 +15,8 @@ from posweep.data import (
     read_rows,
 )
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
 
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -80,3 +82,60 @@ def test_datasets_save_to_disk_folder_and_split(tmp_path):
     assert len(load_pairs(f"{both}:test")[0]) == 1
     with pytest.raises(DataError, match="no split 'validation'; it has train, test"):
         read_rows(f"{both}:validation")
+
+
+def compress(source: Path, target: Path) -> Path:
+    """Write ``source``'s bytes to ``target`` compressed by its last suffix (.gz, .bz2, .xz, .zst)."""
+    import bz2
+    import gzip
+    import lzma
+
+    data = source.read_bytes()
+    suffix = target.suffix.lower()
+    if suffix == ".zst":
+        with pa.output_stream(str(target), compression="zstd") as stream:
+            stream.write(data)
+    else:
+        target.write_bytes({".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix](data))
+    return target
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl.gz", "pairs.json.gz", "pairs.jsonl.bz2", "pairs.jsonl.xz",
+                                  "pairs.jsonl.zst", "pairs.ndjson.gz", "pairs.parquet.gz", "PAIRS.JSONL.GZ"])
+def test_compressed_files_read_as_published(tmp_path, name):
+    plain = write_jsonl(tmp_path / "plain.jsonl", STANDARD_ROWS)
+    (tmp_path / "plain.json").write_text(json.dumps(STANDARD_ROWS))
+    pq.write_table(pa.Table.from_pylist(STANDARD_ROWS), tmp_path / "plain.parquet")
+    kind = name.lower().split(".")[1]
+    source = {"jsonl": plain, "ndjson": plain, "json": tmp_path / "plain.json", "parquet": tmp_path / "plain.parquet"}[kind]
+    assert read_rows(compress(source, tmp_path / name)) == STANDARD_ROWS
+
+
+def test_damaged_or_mislabelled_archives_name_the_file(tmp_path):
+    broken = tmp_path / "pairs.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 definitely not a whole gzip stream")
+    with pytest.raises(DataError, match=r"pairs\.jsonl\.gz: cannot be read as \.jsonl\.gz"):
+        read_rows(broken)
+    plain_named_xz = tmp_path / "rows.jsonl.xz"
+    plain_named_xz.write_text(json.dumps(STANDARD_ROWS[0]) + "\n")
+    with pytest.raises(DataError, match="rows.jsonl.xz"):
+        read_rows(plain_named_xz)
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_rows(compress(write_jsonl(tmp_path / "x.jsonl", STANDARD_ROWS), tmp_path / "rows.csv.gz"))
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl.gz")
+
+
+def test_data_inspect_reads_a_gzipped_hh_rlhf_file(tmp_path, tiny_model_dir, monkeypatch):
+    """HH-RLHF is published as test.jsonl.gz: ``posweep data inspect`` reads it as it is."""
+    from typer.testing import CliRunner
+
+    from posweep.cli import app
+
+    monkeypatch.setenv("POSWEEP_CACHE", str(tmp_path / "cache"))
+    published = compress(FIXTURES / "hh_rlhf.jsonl", tmp_path / "test.jsonl.gz")
+    result = CliRunner().invoke(app, ["data", "inspect", str(published), "--model", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["layout"] == "hh-rlhf" and report["rows_read"] == 6 and report["rows_kept"] == 3
+    assert report["dropped"] == {"no_assistant_turn": 1, "malformed_transcript": 2}

@@ -122,7 +122,8 @@ def test_sft_against_itself_has_zero_kl_and_baseline_is_cached(tiny_model_dir, t
     assert len(judge.calls) == 4 and baseline.samples["response"].tolist() == table["response"].tolist()
     for i in (0, 1):
         sample = baseline.samples.iloc[i]
-        response_ids = list(sample["token_ids"]) + ([] if sample["truncated"] else [tokenizer.eos_token_id])
+        response_ids = list(sample["token_ids"]) + ([] if sample["truncated"] else [int(sample["stop_token_id"])])
+        assert sample["truncated"] == pd.isna(sample["stop_token_id"])
         assert len(sample["token_ids"]) == table.loc[i, "length"]
         batch = pack([encode_prompt(tokenizer, prompts[i].prompt)], [response_ids], tokenizer.pad_token_id)
         with torch.no_grad():
@@ -161,3 +162,47 @@ def test_truncated_short_samples(tiny_model_dir, tiny_policy, prompts, cache, tm
     # a random model over 49k tokens does not hit eos in 3 tokens: every sample is cut
     assert (table["length"] == 3).all() and table["truncated"].all()
     assert metrics["truncated_share"] == 1.0 and metrics["length"] == 3.0
+
+
+def test_selection_split_reports_held_out_metrics(tiny_model_dir, tiny_policy, prompts, cache, tmp_path):
+    judge = CountingJudge()
+    selection = {"p0", "p3"}
+    metrics = evaluate_run(tiny_policy, str(tiny_model_dir), prompts, judge, SPEC, tmp_path / "run",
+                           sft_model=tiny_policy, selection=selection, progress=False)
+    table = pd.read_parquet(tmp_path / "run" / "samples.parquet")
+    assert table["split"].tolist() == ["selection", "held_out", "held_out", "selection", "held_out"]
+    held_out, chosen = table[table["split"] == "held_out"], table[table["split"] == "selection"]
+    assert metrics["n"] == 3 and metrics["mean_score"] == pytest.approx(held_out["score"].mean())
+    assert metrics["length"] == pytest.approx(held_out["length"].mean())
+    assert metrics["selection_n"] == 2 and metrics["selection_mean_score"] == pytest.approx(chosen["score"].mean())
+    assert metrics["kl_temperature"] == SPEC.temperature
+    # without a split every prompt serves both purposes, and there is no selection_* metric
+    plain = evaluate_run(tiny_policy, str(tiny_model_dir), prompts, judge, SPEC, tmp_path / "plain",
+                         sft_model=tiny_policy, progress=False)
+    assert plain["n"] == 5 and not any(key.startswith("selection_") for key in plain)
+    assert set(pd.read_parquet(tmp_path / "plain" / "samples.parquet")["split"]) == {"both"}
+
+
+def test_sft_run_evaluation_becomes_the_baseline(tiny_model_dir, tiny_policy, tokenizer, prompts, cache, tmp_path):
+    """What a sweep does after choosing its SFT run: that run's own samples and scores are the baseline, the
+    same table sampling the SFT model again would give, and the chosen responses are never scored again."""
+    from posweep.evaluation import baseline_from_run
+    from posweep.evaluation.baseline import compute_baseline
+
+    sft_dir = make_tiny_model(tmp_path / "sft", tokenizer, seed=2)
+    judge = CountingJudge()
+    evaluate_run(str(sft_dir), str(tiny_model_dir), prompts, judge, SPEC, tmp_path / "sft_run",
+                 sft_model=tiny_policy, keep_token_ids=True, progress=False)
+    assert [len(call) for call in judge.calls] == [5, 4, 5]  # start model's samples, chosen, the SFT run's samples
+    adopted = baseline_from_run(str(sft_dir), tmp_path / "sft_run", prompts, judge, SPEC)
+    assert len(judge.calls) == 3  # nothing sampled or scored
+    assert get_baseline(str(sft_dir), prompts, judge, SPEC, progress=False).samples.equals(adopted.samples)  # cached
+    sft = load_policy(str(sft_dir), dtype="float32", device="cpu")
+    fresh = compute_baseline(*sft, prompts, judge, SPEC, progress=False)
+    assert len(judge.calls) == 4  # the fresh baseline scored its samples; the chosen scores came from their cache
+    pd.testing.assert_frame_equal(adopted.samples, fresh.samples)
+    # a run evaluated without its token ids cannot serve
+    evaluate_run(str(sft_dir), str(tiny_model_dir), prompts, judge, SPEC, tmp_path / "no_ids", sft_model=tiny_policy,
+                 progress=False)
+    other = make_tiny_model(tmp_path / "other", tokenizer, seed=3)
+    assert baseline_from_run(str(other), tmp_path / "no_ids", prompts, judge, SPEC) is None

@@ -1,4 +1,5 @@
-"""Sampling on the tiny random model: order, determinism, padding, eos and truncation."""
+"""Sampling on the tiny random model: order, determinism, padding, stop tokens and truncation; the two
+hf engines (dynamic cache, static cache) sample the same tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import torch
 
 from posweep.config import SamplingSpec
 from posweep.data import PromptItem, encode_prompt
-from posweep.generation import cut_at_eos, left_pad, length_sorted_batches, next_tokens, sample_responses
+from posweep.generation import (
+    DynamicEngine,
+    StaticEngine,
+    batch_seed,
+    decode_batch,
+    left_pad,
+    length_sorted_batches,
+    next_tokens,
+    sample_responses,
+    split_at_stop,
+)
+from posweep.generation.decode import padding_groups, shared_prefix_length
 
 QUESTIONS = ["Hi", "What is the capital of France? Answer briefly, please.", "How do I bake bread at home?",
              "Tell me a joke", "Explain photosynthesis to a ten year old in two sentences.", "Why is the sky blue?"]
@@ -39,10 +51,23 @@ def test_left_pad_masks_come_from_lengths():
     assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_cut_at_eos():
-    assert cut_at_eos([4, 5, 2, 2, 7], eos_id=2) == ([4, 5], False)
-    assert cut_at_eos([2, 9], eos_id=2) == ([], False)
-    assert cut_at_eos([4, 5, 6], eos_id=2) == ([4, 5, 6], True)
+def test_split_at_stop():
+    assert split_at_stop([4, 5, 2, 2, 7], [2]) == ([4, 5], 2)
+    assert split_at_stop([4, 9, 2, 7], [2, 9]) == ([4], 9)  # the first stop token of any kind
+    assert split_at_stop([2, 9], [2]) == ([], 2)
+    assert split_at_stop([4, 5, 6], [2]) == ([4, 5, 6], None)
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows: all but the last token
+    assert shared_prefix_length([[7], [1, 2]]) == 0 and shared_prefix_length([[4, 5, 6]]) == 2
+
+
+def test_padding_groups():
+    assert padding_groups([10, 30, 29, 9, 28, 20], 0.1) == [[1, 2, 4], [5], [0, 3]]
+    assert padding_groups([3, 3, 5], 0.0) == [[2], [0, 1]]
+    assert padding_groups([3, 9, 5], float("inf")) == [[1, 2, 0]]
 
 
 def test_length_sorted_batches_cover_every_index_once():
@@ -75,10 +100,10 @@ def test_greedy_matches_transformers_generate(untied_model, tokenizer, prompts):
                               pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         output = untied_model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-    expected = [cut_at_eos(row, tokenizer.eos_token_id) for row in output[:, input_ids.shape[1]:].tolist()]
+    expected = [split_at_stop(row, [tokenizer.eos_token_id]) for row in output[:, input_ids.shape[1]:].tolist()]
     ours = sample_responses(untied_model, tokenizer, prompts[:4], SamplingSpec(max_new_tokens=6, temperature=0.0),
                             progress=False)
-    assert [(s.token_ids, s.truncated) for s in ours] == expected
+    assert [(s.token_ids, s.stop_token_id) for s in ours] == expected
 
 
 def test_samples_in_input_order_with_truncation(tiny_policy, prompts):
@@ -89,7 +114,7 @@ def test_samples_in_input_order_with_truncation(tiny_policy, prompts):
         assert len(sample.token_ids) == sample.length <= 4
         assert tokenizer.eos_token_id not in sample.token_ids
         # a random 49k-token model essentially never emits eos: every sample is cut at 4 tokens
-        assert sample.truncated == (sample.length == 4)
+        assert sample.truncated == (sample.length == 4) == (sample.stop_token_id is None)
         assert sample.text == tokenizer.decode(sample.token_ids, skip_special_tokens=True)
 
 
@@ -125,8 +150,8 @@ def test_greedy_batched_equals_one_by_one(untied_model, tokenizer, prompts):
 
 def test_stops_at_eos_and_excludes_it(tiny_policy, prompts):
     """Declare a token of one sample the eos and sample again with the same seed: the random draws are
-    the same, so sampling must stop exactly there, drop the eos and mark the sample as not truncated;
-    the other rows must be unchanged up to their own first eos, though finished rows leave the batch."""
+    the same, so sampling must stop exactly there, drop the eos and record it as the stop token; the other
+    rows must be unchanged up to their own first eos, though finished rows leave the batch."""
     model, tokenizer = tiny_policy
     spec = SamplingSpec(max_new_tokens=6, temperature=1.0, seed=1, batch_size=3)
     reference = sample_responses(model, tokenizer, prompts[:3], spec, progress=False)
@@ -138,10 +163,32 @@ def test_stops_at_eos_and_excludes_it(tiny_policy, prompts):
     assert eos_tokenizer.eos_token_id == stop_token
     stopped = sample_responses(model, eos_tokenizer, prompts[:3], spec, progress=False)
     assert stopped[0].token_ids == target[:k]
-    assert stopped[0].length == k and not stopped[0].truncated
+    assert stopped[0].length == k and not stopped[0].truncated and stopped[0].stop_token_id == stop_token
     for before, after in zip(reference[1:], stopped[1:]):
-        expected, truncated = cut_at_eos(before.token_ids, stop_token)
-        assert (after.token_ids, after.truncated) == (expected, truncated)
+        expected, stop = split_at_stop(before.token_ids, [stop_token, tokenizer.eos_token_id])
+        assert (after.token_ids, after.stop_token_id) == (expected, stop)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_engine_samples_what_the_dynamic_engine_samples(untied_model, tokenizer, prompts, temperature):
+    """The static cache (buckets, stopped rows computed and ignored) changes no row's tokens. Stop tokens
+    are the tokens the dynamic engine drew at step 2 of some rows, so rows stop at different steps and the
+    static engine shrinks through its buckets."""
+    rows = [encode_prompt(tokenizer, p.prompt) for p in prompts]
+    spec = SamplingSpec(max_new_tokens=6, temperature=temperature, batch_size=6)
+
+    def decode(engine, stop_ids):
+        generator = torch.Generator().manual_seed(batch_seed(0, 0))
+        with torch.inference_mode():
+            return decode_batch(engine, rows, spec, stop_ids, generator, tokenizer.pad_token_id)
+
+    free = decode(DynamicEngine(untied_model), [tokenizer.eos_token_id])
+    stop_ids = sorted({tokens[2] for tokens, _ in free[:3]})
+    dynamic = decode(DynamicEngine(untied_model), stop_ids)
+    assert len({len(tokens) for tokens, _ in dynamic}) > 1  # rows stopped at different steps
+    static = StaticEngine(untied_model, max(map(len, rows)), spec.max_new_tokens, compile_step=False)
+    assert decode(static, stop_ids) == dynamic
+    assert decode(DynamicEngine(untied_model, prefill_padding=float("inf")), stop_ids) == dynamic  # one padded call
 
 
 def test_empty_prompt_list(tiny_policy):

@@ -60,15 +60,22 @@ class FakeStages:
         self.calls.append(("get_reference_logps", reference_spec))
         return SimpleNamespace(spec=reference_spec)
 
-    def get_baseline(self, sft_model_spec, prompts, judge, sampling, progress=True):
+    def get_baseline(self, sft_model_spec, prompts, judge, sampling, sft_model=None, progress=True):
         self.calls.append(("get_baseline", sft_model_spec))
-        assert not progress
+        assert not progress and sampling.backend != "auto"  # the sweep resolved the backend
         samples = pd.DataFrame({"prompt_id": [p.prompt_id for p in prompts], "sft_score": [0.0] * len(prompts)})
         return SimpleNamespace(spec=sft_model_spec, samples=samples)
 
-    def evaluate_run(self, model_spec, sft_spec, prompts, judge, sampling, out_dir, baseline=None, progress=True):
+    def baseline_from_run(self, sft_spec, run_dir, prompts, judge, sampling):
+        self.calls.append(("baseline_from_run", Path(run_dir).name))
+        samples = pd.read_parquet(Path(run_dir) / "samples.parquet").rename(columns={"score": "sft_score"})
+        return SimpleNamespace(spec=sft_spec, samples=samples)
+
+    def evaluate_run(self, model_spec, sft_spec, prompts, judge, sampling, out_dir, baseline=None, sft_model=None,
+                     selection=None, keep_token_ids=False, progress=True):
         self.calls.append(("evaluate_run", Path(out_dir).name))
-        assert baseline is not None and baseline.spec == sft_spec
+        assert baseline is not None and baseline.spec == sft_spec and callable(sft_model)
+        assert keep_token_ids == (Path(model_spec).parent.name.startswith("sft-"))
         score = json.loads(Path(model_spec, "score.json").read_text())
         n = len(prompts)
         pd.DataFrame({"prompt_id": [p.prompt_id for p in prompts], "response": ["ok"] * n, "score": [score] * n}) \
@@ -89,7 +96,7 @@ class FakeStages:
     def install(self, monkeypatch) -> None:
         modules = {
             "posweep.training": ["train_sft", "train_preference", "get_reference_logps"],
-            "posweep.evaluation": ["get_baseline", "evaluate_run"],
+            "posweep.evaluation": ["get_baseline", "baseline_from_run", "evaluate_run"],
             "posweep.judges": ["load_judge"],
             "posweep.report": ["write_report"],
         }

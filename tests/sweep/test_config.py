@@ -26,6 +26,9 @@ from posweep.sweep import (
     ({"sft": {"grid": {"beta": [0.1]}}}, "sft.grid.beta: unknown key for sft.grid (known: learning_rate, epochs)"),
     ({"optim": {"learning_rte": 1e-6}}, "optim.learning_rte: unknown key"),
     ({"sampling": {"max_new_tokens": 0}}, "sampling.max_new_tokens: Input should be greater than 0"),
+    ({"sampling": {"backend": "tgi"}}, "sampling.backend: Input should be 'auto', 'hf', 'hf-compiled' or 'vllm'"),
+    ({"test_prompts": {"source": "x.jsonl", "layout": "prompts", "selection_fraction": 1.0}},
+     "test_prompts.selection_fraction: Input should be less than 1"),
     ({"train_data": {"source": "x.jsonl"}}, "train_data.layout: Field required"),
     ({"shared_grid": {"learning_rate": [1e-6, 1e-6]}}, "shared_grid.learning_rate: repeated values [1e-06]"),
 ])

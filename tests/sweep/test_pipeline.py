@@ -26,8 +26,10 @@ def test_sweep_runs_every_stage_and_writes_the_layout(tmp_path, fakes, micro_con
     assert result.counts["done"] == 5 and result.counts["failed"] == 0
     assert sorted(fakes.trained()) == sorted(r.run_id for r in runs)
     assert fakes.count("get_reference_logps") == 1  # once, shared by both dpo runs
-    # Two baselines: the starting model (compared with by SFT runs) and the chosen SFT (by PO runs).
-    assert fakes.count("get_baseline") == 2 and fakes.count("load_judge") == 1
+    # Two baselines: the starting model's (compared with by SFT runs), sampled; the chosen SFT's (by PO runs),
+    # taken from that run's own evaluation.
+    assert fakes.count("get_baseline") == 1 and fakes.count("load_judge") == 1
+    assert [c[1] for c in fakes.calls if c[0] == "baseline_from_run"] == [runs[1].run_id]
 
     info = json.loads((out / "sweep_info.json").read_text())
     best_sft = runs[1]  # learning rate 2e-5 scores best in the fake
@@ -163,3 +165,25 @@ def test_sft_free_sweep_uses_the_model_as_sft(tmp_path, fakes, micro_config, tin
     result = sweep({**micro_config, "model": str(model_copy), "sft": None}, out)
     assert result.counts["done"] == 3 and fakes.count("train_sft") == 0
     assert json.loads((out / "sweep_info.json").read_text())["sft_run_id"] is None
+
+
+def test_sampling_backend_is_resolved_once_and_pinned(tmp_path, fakes, micro_config):
+    out = tmp_path / "sweep"
+    sweep(micro_config, out)
+    info = json.loads((out / "sweep_info.json").read_text())
+    assert info["sampling_backend"] == "hf" == info["sampling"]["backend"]  # auto, on a machine without vLLM
+    with sqlite3.connect(out / "state.sqlite") as connection:  # as if the finished runs had been sampled by vLLM
+        connection.execute("UPDATE meta SET value = '\"vllm\"' WHERE key = 'sampling_backend'")
+    with pytest.raises(SweepConfigError, match="sampled with the vllm backend.*set sampling.backend: vllm"):
+        sweep(micro_config, out)
+
+
+def test_sweep_from_before_the_evaluation_rules_is_refused(tmp_path, fakes, micro_config):
+    out = tmp_path / "sweep"
+    sweep(micro_config, out)
+    with sqlite3.connect(out / "state.sqlite") as connection:  # what a sweep of the temperature-1 KL recorded
+        (value,) = connection.execute("SELECT value FROM meta WHERE key = 'context'").fetchone()
+        old = {k: v for k, v in json.loads(value).items() if k != "evaluation"}
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'context'", (json.dumps(old),))
+    with pytest.raises(SweepConfigError, match="evaluation: None -> 2"):
+        sweep(micro_config, out)

@@ -1,5 +1,11 @@
 """Reading a sweep folder: ``load_sweep(dir) -> Sweep`` (summary.csv, sweep_info.json, metrics.json; samples
-lazily). Also the order methods are listed in and the text of a run's hyperparameters, which every table uses.
+lazily). Also the order methods are listed in, the text of a run's hyperparameters, and which prompts rank
+runs and which are reported (the selection split), which every table uses.
+
+The split (docs/DESIGN.md section 3): with ``test_prompts.selection_fraction`` every choice is ranked by
+``selection_mean_score`` (the selection prompts) and every reported value comes from the held-out prompts
+(``mean_score`` and the other metrics in metrics.json; the rows of samples.parquet whose ``split`` is not
+``selection``). Without a split both are every prompt, as in the paper.
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ def hparam_text(row: pd.Series | dict, columns: list[str]) -> str:
     return ", ".join(parts) if parts else "(none)"
 
 
+def reported_rows(samples: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a samples.parquet whose values are reported: all but the selection prompts' (every row
+    without a split, or in a table written before the split existed)."""
+    if "split" not in samples.columns:
+        return samples
+    return samples[samples["split"] != "selection"]
+
+
 def number(value) -> float:
     """A JSON value as a float; null → NaN."""
     return math.nan if value is None else float(value)
@@ -58,6 +72,35 @@ class Sweep:
         is_sft = (runs["method"] == "sft") | (runs["stage"] == "sft")
         keep = (runs["status"] == "done") & ~is_sft & np.isfinite(runs["mean_score"])
         return runs[keep]
+
+    @property
+    def has_split(self) -> bool:
+        """Whether choices were made on held-out selection prompts (sweep_info.json's ``selection``)."""
+        return bool(self.info.get("selection"))
+
+    @property
+    def rank_column(self) -> str:
+        """The column runs are ranked by: ``selection_mean_score`` with a split, else ``mean_score``."""
+        return "selection_mean_score" if self.has_split and "selection_mean_score" in self.runs.columns \
+            else "mean_score"
+
+    @property
+    def prompts_note(self) -> str:
+        """Which prompts rank the runs and which give the reported numbers, in one sentence."""
+        info = self.info.get("selection") or {}
+        if self.has_split:
+            return (f"Runs are ranked on the {info.get('n_selection')} selection prompts (share "
+                    f"{info.get('fraction')}); every number shown comes from the {info.get('n_held_out')} "
+                    "held-out prompts.")
+        test_prompts = self.info.get("test_prompts")
+        n = test_prompts.get("n") if isinstance(test_prompts, dict) else None
+        return (f"Runs are ranked and reported on the same {n or 'test'} prompts (as in the paper), so the "
+                "numbers of chosen runs are optimistic; set test_prompts.selection_fraction to hold prompts out.")
+
+    def reported_samples(self, run_id: str) -> pd.DataFrame | None:
+        """The run's samples on the reported prompts (``reported_rows``); None when it has no samples."""
+        samples = self.samples(run_id)
+        return None if samples is None else reported_rows(samples)
 
     @property
     def methods(self) -> list[str]:
@@ -174,12 +217,14 @@ def _sft_score(root: Path, runs: pd.DataFrame, info: dict, notes: list[str]) -> 
     chosen = sft_rows[sft_rows["run_id"] == info.get("sft_run_id")]
     if len(chosen):
         return float(chosen["mean_score"].iloc[0])
-    if len(sft_rows):  # the SFT choice rule of docs/DESIGN.md section 1: the best mean score
+    if len(sft_rows):  # the SFT choice rule of docs/DESIGN.md section 1: the best mean score (on the selection
+        # prompts when the sweep has a split), reported on the held-out ones
         notes.append("SFT score taken from the best done SFT run (sweep_info.json does not name the choice)")
-        return float(sft_rows["mean_score"].max())
+        rank = "selection_mean_score" if info.get("selection") and "selection_mean_score" in sft_rows else "mean_score"
+        return float(sft_rows.sort_values(rank, ascending=False, kind="stable")["mean_score"].iloc[0])
     baseline = root / "baseline" / "samples.parquet"
     if baseline.exists():
-        samples = pd.read_parquet(baseline)
+        samples = reported_rows(pd.read_parquet(baseline))
         column = "score" if "score" in samples.columns else "sft_score"
         if column in samples.columns:
             return float(samples[column].mean())

@@ -1,5 +1,6 @@
 """The robust recommendation (docs/DESIGN.md section 4): score each setting by its grid neighbourhood, not
-only by itself, so a good region beats one lucky run.
+only by itself, so a good region beats one lucky run. The choice ranks by the sweep's ranking score (the
+selection prompts' mean score with a split: ``rank_score``); the score reported is the held-out one.
 
 In: a ``Sweep``. Out: ``neighbourhoods(sweep) -> Result`` (one row per setting, seeds averaged) and
 ``recommend(sweep, by="mean" | "min") -> Recommendation | None``.
@@ -28,8 +29,10 @@ def _grid_values(sweep: Sweep, method: str, param: str) -> list[float]:
 
 
 def neighbourhoods(sweep: Sweep) -> Result:
-    """Per setting (seeds averaged): its score, how many grid neighbours it has in the plan and how many
-    finished, and the mean and min over itself and its finished neighbours. Sorted by neighbourhood mean."""
+    """Per setting (seeds averaged): its score (reported prompts), its ranking score (``rank_score``: the
+    selection prompts with a split), how many grid neighbours it has in the plan and how many finished, and
+    the mean and min of the ranking score over itself and its finished neighbours. Sorted by neighbourhood
+    mean."""
     rows = []
     for method in sweep.methods:
         params = sweep.method_hparams(method)
@@ -42,20 +45,22 @@ def neighbourhoods(sweep: Sweep) -> Result:
             steps = np.abs(positions - positions[i])
             # exactly one hyperparameter differs, by one grid step
             is_neighbour = (steps.sum(axis=1) == 1)
-            neighbour_scores = settings.loc[is_neighbour, "mean_score"].to_numpy(float)
+            neighbour_scores = settings.loc[is_neighbour, "rank_score"].to_numpy(float)
             planned = sum(int(positions[i, j] > 0) + int(positions[i, j] < len(grids[p]) - 1)
                           for j, p in enumerate(params))
-            scores = np.append(neighbour_scores, setting["mean_score"])
+            scores = np.append(neighbour_scores, setting["rank_score"])
             row = {"method": method, "hparams": hparam_text(setting, params), "score": setting["mean_score"],
-                   "n_seeds": setting["n_seeds"], "n_neighbours": len(neighbour_scores),
+                   "rank_score": setting["rank_score"], "n_seeds": setting["n_seeds"],
+                   "n_neighbours": len(neighbour_scores),
                    "n_planned_neighbours": int(planned), "neighbourhood_mean": scores.mean(),
                    "neighbourhood_min": scores.min(), "run_ids": setting["run_ids"]}
             row.update({p: setting[p] for p in params})
             rows.append(row)
     used_params = [c for c in sweep.hparam_columns if any(c in row for row in rows)]
-    table = pd.DataFrame(rows, columns=["method", "hparams", "score", "n_seeds", "n_neighbours", "n_planned_neighbours",
-                                        "neighbourhood_mean", "neighbourhood_min", "run_ids"] + used_params)
-    table = table.sort_values(["neighbourhood_mean", "score"], ascending=False, kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=["method", "hparams", "score", "rank_score", "n_seeds", "n_neighbours",
+                                        "n_planned_neighbours", "neighbourhood_mean", "neighbourhood_min", "run_ids"]
+                         + used_params)
+    table = table.sort_values(["neighbourhood_mean", "rank_score"], ascending=False, kind="stable").reset_index(drop=True)
     return Result(table, [] if len(table) else ["no finished run: no neighbourhoods"])
 
 
@@ -95,15 +100,19 @@ def recommend(sweep: Sweep, by: Literal["mean", "min"] = "mean") -> Recommendati
     if not len(candidates):
         candidates = table
         caveat = " No setting has a finished grid neighbour, so this is simply the best run."
-    pick = candidates.sort_values([f"neighbourhood_{by}", "score"], ascending=False, kind="stable").iloc[0]
-    best = table.sort_values("score", ascending=False, kind="stable").iloc[0]
+    pick = candidates.sort_values([f"neighbourhood_{by}", "rank_score"], ascending=False, kind="stable").iloc[0]
+    best = table.sort_values("rank_score", ascending=False, kind="stable").iloc[0]
 
     def params_of(row: pd.Series) -> dict[str, float]:
         return {p: float(row[p]) for p in sweep.method_hparams(row["method"]) if p in row and pd.notna(row[p])}
 
-    evidence = (f"{pick['method']} ({pick['hparams']}) scores {pick['score']:.3f}; with its "
-                f"{int(pick['n_neighbours'])} finished grid neighbour(s) (of {int(pick['n_planned_neighbours'])} "
-                f"planned) it averages {pick['neighbourhood_mean']:.3f}, worst {pick['neighbourhood_min']:.3f}"
+    on = " on the selection prompts" if sweep.has_split else ""
+    score_text = f"{pick['score']:.3f}"
+    if sweep.has_split:
+        score_text += f" on the held-out prompts ({pick['rank_score']:.3f} on the selection prompts)"
+    evidence = (f"{pick['method']} ({pick['hparams']}) scores {score_text}; with its {int(pick['n_neighbours'])} "
+                f"finished grid neighbour(s) (of {int(pick['n_planned_neighbours'])} planned) it averages "
+                f"{pick['neighbourhood_mean']:.3f}{on}, worst {pick['neighbourhood_min']:.3f}"
                 f"{' (chosen by the worst case)' if by == 'min' else ''}.")
     if best["run_ids"] == pick["run_ids"]:
         evidence += " It is also the best single setting."

@@ -22,12 +22,16 @@ from posweep.text import repeated_ngram_share
 # ------------------------------------------------------------------------------------------------ expected max
 
 
-def expected_max(scores, n: int, replacement: bool = False) -> tuple[float, float]:
+def expected_max(scores, n: int, replacement: bool = False, values=None) -> tuple[float, float]:
     """Mean and std of the best of ``n`` scores drawn uniformly from ``scores`` (Dodge et al. 2019).
 
     With v_(1) ≤ ... ≤ v_(N) sorted: without replacement P(max = v_(i)) = [C(i,n) − C(i−1,n)] / C(N,n);
-    with replacement P(max = v_(i)) = (i/N)^n − ((i−1)/N)^n."""
-    values = np.sort(np.asarray(scores, float))
+    with replacement P(max = v_(i)) = (i/N)^n − ((i−1)/N)^n. ``values``: what is reported for the chosen
+    setting, when it is chosen by ``scores`` but reported by something else (a held-out score): the mean
+    and std of ``values`` at the setting that maximises ``scores``; by default ``scores`` themselves."""
+    scores = np.asarray(scores, float)
+    order = np.argsort(scores, kind="stable")
+    values = (scores if values is None else np.asarray(values, float))[order]
     total = len(values)
     if total == 0 or n < 1 or (not replacement and n > total):
         raise ValueError(f"cannot draw {n} of {total} scores {'with' if replacement else 'without'} replacement")
@@ -44,27 +48,34 @@ def expected_max(scores, n: int, replacement: bool = False) -> tuple[float, floa
 
 def setting_scores(sweep: Sweep, method: str) -> pd.DataFrame:
     """One row per hyperparameter setting of ``method`` (seed excluded): the setting's hyperparameters,
-    its mean score averaged over seeds, the number of seeds and the run ids."""
+    its mean score averaged over seeds (``mean_score``: the reported prompts), the same for the score it is
+    ranked by (``rank_score``: the selection prompts with a split, else equal to ``mean_score``), the number
+    of seeds and the run ids."""
     params = sweep.method_hparams(method)
-    runs = sweep.done[sweep.done["method"] == method]
+    runs = sweep.done[sweep.done["method"] == method].assign(rank_score=lambda t: t[sweep.rank_column])
     if not params:  # one setting, however many seeds
-        return pd.DataFrame([{"mean_score": runs["mean_score"].mean(), "n_seeds": len(runs),
-                              "run_ids": ";".join(runs["run_id"])}]) if len(runs) else pd.DataFrame()
+        return pd.DataFrame([{"mean_score": runs["mean_score"].mean(), "rank_score": runs["rank_score"].mean(),
+                              "n_seeds": len(runs), "run_ids": ";".join(runs["run_id"])}]) if len(runs) \
+            else pd.DataFrame()
     grouped = runs.groupby(params, dropna=False, sort=True)
-    table = grouped.agg(mean_score=("mean_score", "mean"), n_seeds=("mean_score", "size"),
-                        run_ids=("run_id", ";".join)).reset_index()
+    table = grouped.agg(mean_score=("mean_score", "mean"), rank_score=("rank_score", "mean"),
+                        n_seeds=("mean_score", "size"), run_ids=("run_id", ";".join)).reset_index()
     return table
 
 
 def expected_max_curve(sweep: Sweep, method: str | None = None, n_max: int | None = None,
                        replacement: bool = False) -> Result:
     """Expected best mean score (± its std) when trying n random hyperparameter settings of a method, for
-    n = 1 ... n_max (without replacement: at most the number of evaluated settings). ``method=None``: all."""
+    n = 1 ... n_max (without replacement: at most the number of evaluated settings). ``method=None``: all.
+    With a selection split the best of the n is the best on the selection prompts, and its score is the
+    held-out one: the score a search of n settings would report honestly."""
     notes: list[str] = []
     methods = sweep.methods if method is None else [method]
     rows = []
     for name in methods:
         scores = setting_scores(sweep, name)
+        if len(scores):
+            scores = scores[np.isfinite(scores["rank_score"].to_numpy(float))]  # unrankable settings drop out
         if not len(scores):
             notes.append(f"{name}: no finished run")
             continue
@@ -73,7 +84,7 @@ def expected_max_curve(sweep: Sweep, method: str | None = None, n_max: int | Non
         if not replacement:
             limit = min(limit, total)
         for n in range(1, limit + 1):
-            mean, std = expected_max(scores["mean_score"], n, replacement)
+            mean, std = expected_max(scores["rank_score"], n, replacement, values=scores["mean_score"])
             rows.append({"method": name, "n_trials": n, "expected_max": mean, "std": std, "n_settings": total})
     table = pd.DataFrame(rows, columns=["method", "n_trials", "expected_max", "std", "n_settings"])
     return Result(table, notes)
@@ -99,14 +110,14 @@ class CollapseThresholds:
 
 
 def collapse_flags(sweep: Sweep, thresholds: CollapseThresholds = CollapseThresholds()) -> Result:
-    """Per finished run (SFT runs included): the share of samples that are empty (whitespace only),
-    repetitive or truncated, and a flag with its reasons when a share is above ``thresholds``. A run
+    """Per finished run (SFT runs included): the share of its reported samples that are empty (whitespace
+    only), repetitive or truncated, and a flag with its reasons when a share is above ``thresholds``. A run
     without samples falls back to metrics.json's ``empty_share`` / ``truncated_share``."""
     notes: list[str] = []
     runs = sweep.runs[(sweep.runs["status"] == "done")]
     rows = []
     for run in runs.itertuples(index=False):
-        samples = sweep.samples(run.run_id)
+        samples = sweep.reported_samples(run.run_id)
         if samples is not None and "response" in samples.columns and len(samples):
             responses = samples["response"].fillna("").astype(str)
             empty = float((responses.str.strip() == "").mean())

@@ -3,6 +3,10 @@
 In: a ``Sweep``. Out: one ``Result`` (table, notes) per analysis: T1 ``best_runs``, F1
 ``score_distribution``, T3 ``head_to_head``, F2/F3/F9 ``sample_distributions``, F4–F7
 ``sensitivity_params`` / ``sensitivity``, F8 ``kl_vs_score``. ``posweep.analysis.figures`` draws from them.
+
+Every choice of a run (best, 75th percentile, top-k%) ranks by ``Sweep.rank_column`` (the selection
+prompts' mean score when the sweep has a split); every value reported comes from the held-out prompts
+(``mean_score`` and the metrics, ``Sweep.reported_samples``). Without a split the two coincide.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def ranked(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs by mean score, best first (ties keep summary.csv order, so choices are reproducible)."""
-    return runs.sort_values("mean_score", ascending=False, kind="stable")
+def ranked(runs: pd.DataFrame, column: str = "mean_score") -> pd.DataFrame:
+    """Runs by ``column`` (the sweep's ``rank_column``), best first; ties keep summary.csv order, so choices
+    are reproducible, and a run without that score ranks last."""
+    return runs.sort_values(column, ascending=False, kind="stable", na_position="last")
 
 
 def p75_position(n_runs: int) -> int:
@@ -48,12 +53,15 @@ def top_k_count(n_runs: int, k_percent: float) -> int:
 
 
 def best_runs(sweep: Sweep) -> Result:
-    """T1: the best run per method (by mean score), all metrics with their 95% bootstrap intervals, and the
+    """T1: the best run per method (by the sweep's ranking score: the selection prompts' mean score when it
+    has a split, its ``selection_mean_score`` column then), all metrics with their 95% bootstrap intervals, and the
     % change of each metric against DPO's best run (NaN when the sweep has no DPO run). SFT comes first."""
     notes: list[str] = []
     columns = ["method", "run_id", "n_runs", "hparams"]
     for metric in METRIC_NAMES:
         columns += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+    if sweep.has_split:
+        columns.append("selection_mean_score")  # what chose the run; the metrics are the held-out prompts'
     rows = []
     sft = _sft_row(sweep)
     if sft is not None:
@@ -61,7 +69,7 @@ def best_runs(sweep: Sweep) -> Result:
     done = sweep.done
     for method in sweep.methods:
         runs = done[done["method"] == method]
-        best = ranked(runs).iloc[0]
+        best = ranked(runs, sweep.rank_column).iloc[0]
         row = {"method": method, "run_id": best["run_id"], "n_runs": len(runs),
                "hparams": hparam_text(best, sweep.method_hparams(method))}
         row.update({c: best.get(c, np.nan) for c in columns[4:]})
@@ -91,6 +99,8 @@ def _sft_row(sweep: Sweep) -> dict | None:
     for metric in METRIC_NAMES:
         for column in (metric, f"{metric}_ci_low", f"{metric}_ci_high"):
             row[column] = number(flat.get(column))
+    if sweep.has_split:
+        row["selection_mean_score"] = number(flat.get("selection_mean_score"))
     return row
 
 
@@ -117,11 +127,11 @@ def score_distribution(sweep: Sweep) -> Result:
 # ------------------------------------------------------------------------------------------------ T3
 
 
-def select_run(runs: pd.DataFrame, which: Literal["best", "p75"]) -> pd.Series:
-    """The best run, or the 75th-percentile run (see ``p75_position``), of one method's runs."""
+def select_run(runs: pd.DataFrame, which: Literal["best", "p75"], column: str = "mean_score") -> pd.Series:
+    """The best run, or the 75th-percentile run (see ``p75_position``), of one method's runs by ``column``."""
     if which == "best":
-        return ranked(runs).iloc[0]
-    ascending = runs.sort_values("mean_score", kind="stable")
+        return ranked(runs, column).iloc[0]
+    ascending = runs.sort_values(column, kind="stable", na_position="first")
     return ascending.iloc[p75_position(len(ascending))]
 
 
@@ -144,8 +154,8 @@ def head_to_head(sweep: Sweep, which: Literal["best", "p75"] = "best") -> Result
     chosen: dict[str, pd.Series] = {}
     scores: dict[str, pd.Series] = {}
     for method in sweep.methods:
-        run = select_run(done[done["method"] == method], which)
-        samples = sweep.samples(run["run_id"])
+        run = select_run(done[done["method"] == method], which, sweep.rank_column)
+        samples = sweep.reported_samples(run["run_id"])
         if samples is None or not {"prompt_id", "score"} <= set(samples.columns):
             notes.append(f"{method}: {which} run {run['run_id']} has no per-sample scores; left out")
             continue
@@ -179,7 +189,7 @@ def pooled_values(sweep: Sweep, run_ids, metric: str) -> tuple[np.ndarray, int, 
     samples with it, and notes on runs whose samples lack the column."""
     parts, notes = [], []
     for run_id in run_ids:
-        samples = sweep.samples(run_id)
+        samples = sweep.reported_samples(run_id)
         if samples is not None and metric in samples.columns:
             parts.append(samples[metric].to_numpy(float))
         elif samples is not None:
@@ -190,8 +200,8 @@ def pooled_values(sweep: Sweep, run_ids, metric: str) -> tuple[np.ndarray, int, 
 
 def sample_distributions(sweep: Sweep, metric: Literal["length", "kl", "ln_kl"] = "length",
                          top_k_percent: tuple[float, ...] = TOP_K_PERCENT) -> Result:
-    """F2 (length), F3 (KL), F9 (LN-KL): the distribution over samples of ``metric`` for each method's
-    top-k% runs by mean score (``top_k_count`` runs: at least one). The table says how many runs and
+    """F2 (length), F3 (KL), F9 (LN-KL): the distribution over the reported samples of ``metric`` for each
+    method's top-k% runs by the sweep's ranking score (``top_k_count`` runs: at least one). The table says how many runs and
     samples each k holds and which runs (``run_ids``, ``;``-separated); the figure shows their samples."""
     if metric not in SAMPLE_METRICS:
         raise ValueError(f"metric must be one of {list(SAMPLE_METRICS)}, got {metric!r}")
@@ -199,7 +209,7 @@ def sample_distributions(sweep: Sweep, metric: Literal["length", "kl", "ln_kl"] 
     done = sweep.done
     rows = []
     for method in sweep.methods:
-        runs = ranked(done[done["method"] == method])
+        runs = ranked(done[done["method"] == method], sweep.rank_column)
         for k in top_k_percent:
             top = runs.head(top_k_count(len(runs), k))
             values, n_with_samples, missing = pooled_values(sweep, top["run_id"], metric)

@@ -33,6 +33,7 @@ from posweep.data.tokenize import (
     TokenizedPairs,
     encode_prompt,
     encode_response,
+    end_of_turn_id,
     pairs_cache_dir,
     prepare_pairs,
     tokenize_pairs,
@@ -42,6 +43,6 @@ from posweep.data.tokenize import (
 
 __all__ = ["DROP_REASONS", "LAYOUTS", "PAIR_LAYOUTS", "PROMPT_LAYOUTS", "DataError", "DataSummary", "Messages",
            "Pair", "PromptItem", "TokenizedPairs", "detect_layout", "encode_prompt", "encode_response",
-           "get_layout", "hh_rlhf_prompts", "load_pairs", "load_prompts", "pairs_cache_dir", "pairs_from_rows",
+           "end_of_turn_id", "get_layout", "hh_rlhf_prompts", "load_pairs", "load_prompts", "pairs_cache_dir", "pairs_from_rows",
            "parse_rows", "pku_saferlhf_pairs", "prepare_pairs", "prompts_from_rows", "read_rows",
            "split_hh_transcript", "tokenize_pairs", "tokenizer_fingerprint", "truncate_pair"]

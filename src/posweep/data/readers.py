@@ -14,6 +14,7 @@ import io
 import json
 import lzma
 import os
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,7 +60,7 @@ def read_rows(source: str | os.PathLike) -> list[dict]:
                     return _read_parquet(path, raw)
                 stream = io.TextIOWrapper(raw, encoding="utf-8")
                 return _read_jsonl(path, stream) if kind in {".jsonl", ".ndjson"} else _read_json(path, stream)
-        except (OSError, EOFError, lzma.LZMAError, pa.ArrowException) as error:  # a damaged archive
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, pa.ArrowException) as error:  # a damaged archive
             raise DataError(f"{path}: cannot be read as {kind}{compression or ''} ({error})") from None
         except UnicodeDecodeError as error:
             raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None

@@ -1,7 +1,7 @@
 """Tokenization with the chat template, truncation, and the tokenized-pairs cache.
 
 In: ``Pair`` records and a tokenizer. Out: ``TokenizedPairs`` (prompt ids, chosen ids, rejected ids; each
-response ends in eos unless truncated), cached under ``$POSWEEP_CACHE/data/<key>/`` where the key hashes
+response ends in the chat template's end-of-turn token, ``end_of_turn_id``, unless truncated), cached under ``$POSWEEP_CACHE/data/<key>/`` where the key hashes
 (pair content, tokenizer incl. merges and chat template, limits, counts of rows read and dropped), so a
 whole sweep — and every later sweep on the same data — tokenizes once (docs/DESIGN.md section 5).
 """
@@ -30,9 +30,40 @@ def encode_prompt(tokenizer, messages: Messages) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def encode_response(tokenizer, text: str) -> list[int]:
-    """Token ids of a response, ending in eos (the chat template's end-of-turn token)."""
-    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+_PROBE = "posweep end-of-turn probe"  # assistant content whose closing token we look for
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token the chat template closes an assistant turn with; the tokenizer's eos when it shows none.
+
+    Found from the template itself: render ``[user, assistant(PROBE), user]`` and take the first token
+    after the assistant's content (leading whitespace skipped) when it is a special token (not unk or bos). Phi-3:
+    ``<|end|>`` (its eos is ``<|endoftext|>``); Llama 3: ``<|eot_id|>``; Gemma: ``<end_of_turn>``;
+    SmolLM2 / Qwen: ``<|im_end|>``, which is also their eos. Templates that close a turn with plain text
+    (the ``Role: content`` fallback) or cannot render this conversation fall back to eos."""
+    eos = tokenizer.eos_token_id
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE},
+                {"role": "user", "content": "Thanks"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # templates raise their own errors (role order, missing system turn): no evidence
+        return eos
+    at = text.find(_PROBE) if isinstance(text, str) else -1
+    if at < 0:
+        return eos
+    after = text[at + len(_PROBE):].lstrip()
+    ids = tokenizer(after, add_special_tokens=False).input_ids if after else []
+    special = set(tokenizer.all_special_ids) | {i for i, token in tokenizer.added_tokens_decoder.items()
+                                                if getattr(token, "special", False)}
+    special -= {tokenizer.unk_token_id, tokenizer.bos_token_id}  # unknown text, or the next turn's start
+    return ids[0] if ids and ids[0] in special else eos
+
+
+def encode_response(tokenizer, text: str, end_id: int | None = None) -> list[int]:
+    """Token ids of a response, ending in the chat template's end-of-turn token (``end_of_turn_id``; pass
+    ``end_id`` to skip finding it again for every response)."""
+    end_id = end_of_turn_id(tokenizer) if end_id is None else end_id
+    return tokenizer(text, add_special_tokens=False).input_ids + [end_id]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -48,7 +79,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     else:
         ids = stable_hash(sorted(tokenizer.get_vocab().items()))
     return stable_hash({"ids": ids, "template": tokenizer.chat_template, "eos": tokenizer.eos_token_id,
-                        "class": type(tokenizer).__name__})
+                        "end_of_turn": end_of_turn_id(tokenizer), "class": type(tokenizer).__name__})
 
 
 @dataclass
@@ -119,9 +150,10 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, limits: DataLimits, summary: Da
     summary = summary or DataSummary(source="<memory>", rows_read=len(pairs), rows_kept=len(pairs))
     truncated: Counter = Counter()
     out = TokenizedPairs([], [], [], [], "", {})
+    end_id = end_of_turn_id(tokenizer)
     for pair in pairs:
-        cut = truncate_pair(encode_prompt(tokenizer, pair.prompt), encode_response(tokenizer, pair.chosen),
-                            encode_response(tokenizer, pair.rejected), limits, truncated)
+        cut = truncate_pair(encode_prompt(tokenizer, pair.prompt), encode_response(tokenizer, pair.chosen, end_id),
+                            encode_response(tokenizer, pair.rejected, end_id), limits, truncated)
         if cut is None:
             summary.drop("prompt_too_long")
             summary.rows_kept -= 1

@@ -1,15 +1,19 @@
 """Judge scores with their output checked: one finite float per response, or an error naming it.
 
 In: a judge (``posweep.judges`` protocol), prompts, responses, truncation flags. Out: numpy arrays of
-scores; ``score_chosen`` scores the dataset's reference responses (NaN where a prompt has none).
+scores; ``score_chosen`` scores the dataset's reference responses (NaN where a prompt has none) and
+``cached_chosen_scores`` does it once per (prompts, judge).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
-from posweep.config import UserError
+from posweep.config import UserError, cache_root, stable_hash
 from posweep.data import PromptItem
+from posweep.io import write_atomic_parquet
 
 
 class ScoringError(UserError, ValueError):
@@ -37,4 +41,25 @@ def score_chosen(judge, prompts: list[PromptItem]) -> np.ndarray:
     if having:
         scores[having] = score_checked(judge, [prompts[i] for i in having], [prompts[i].chosen for i in having],
                                        [False] * len(having), "chosen response")
+    return scores
+
+
+def prompts_fingerprint(prompts: list[PromptItem]) -> str:
+    """What a prompt set's cached results depend on: every prompt's id, messages, chosen response and meta."""
+    return stable_hash([[item.prompt_id, item.prompt, item.chosen, item.meta] for item in prompts])
+
+
+def cached_chosen_scores(judge, prompts: list[PromptItem]) -> np.ndarray:
+    """``score_chosen``, computed once per (prompts, judge) and cached under
+    ``$POSWEEP_CACHE/chosen_scores/<key>.parquet``: every baseline of a sweep (the starting model's, the
+    chosen SFT's) and every later sweep on the same prompts and judge reads the same scores."""
+    key = stable_hash({"prompts": prompts_fingerprint(prompts), "judge": judge.fingerprint})
+    path = cache_root() / "chosen_scores" / f"{key}.parquet"
+    if path.exists():
+        table = pd.read_parquet(path)
+        if table["prompt_id"].tolist() == [item.prompt_id for item in prompts]:
+            return table["chosen_score"].to_numpy(dtype=float)
+    scores = score_chosen(judge, prompts)
+    table = pd.DataFrame({"prompt_id": [item.prompt_id for item in prompts], "chosen_score": scores})
+    write_atomic_parquet(pa.Table.from_pandas(table, preserve_index=False), path)
     return scores

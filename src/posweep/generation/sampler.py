@@ -1,45 +1,69 @@
-"""The sampler: one response per prompt from a policy, for evaluation (the ``hf`` backend).
+"""The sampler: one response per prompt from a policy, for evaluation.
 
 In: a loaded causal LM and its tokenizer, ``list[PromptItem]``, a ``SamplingSpec`` (max new tokens,
-temperature, top-p, seed, batch size). Out: ``list[Sample]`` in the order of the prompts, each with the
-decoded text, the sampled token ids (eos and padding excluded), the length in tokens and whether it was
-cut at ``max_new_tokens`` (no eos).
+temperature, top-p, seed, batch size, backend). Out: ``list[Sample]`` in the order of the prompts, each with
+the decoded text, the sampled token ids (the stop token and padding excluded), the length in tokens, the
+token that ended it (``stop_token_id``) and whether it was cut at ``max_new_tokens`` instead.
 
-Batches are built from prompts sorted by token length (less left padding); each batch is sampled with a
+A response ends at the model's own end-of-turn tokens (``generation.stops``: the chat template's
+end-of-turn token, the tokenizer's eos and the generation config's eos list), the same rule in every
+backend. Batches are built from prompts sorted by token length (less padding); each batch is sampled with a
 seed derived from ``spec.seed`` and the batch index, so the same prompts and spec give the same samples
-whatever ran before. Masks come from prompt lengths, never from the pad id (SmolLM2's pad is its eos).
-Sampling stops at the tokenizer's eos only, the token every training response ends with
-(``data.encode_response``).
+whatever ran before, and a run and its SFT baseline use the same random numbers for the same prompt.
 
-Backends: ``hf`` and ``vllm`` (when installed, on CUDA, for a model saved in a local folder); ``auto``
-picks vllm when it can. The two draw different random numbers: a sweep should use one backend throughout.
-``hf`` is the loop of transformers ``generate`` (KV cache; greedy output identical to ``generate``'s,
-which a test checks) written out, for two things ``generate`` cannot do: a row that has finished leaves
-the batch, and each row draws from its own uniform numbers, so its sample does not depend on when the
-other rows finish.
+Backends (``SamplingSpec.backend``, resolved once by ``resolve_backend``):
+- ``hf``: posweep's decoder (``generation.decode.DynamicEngine``): transformers' model calls and KV cache,
+  the loop of ``generate`` written out for what ``generate`` cannot do: a row that has stopped leaves the
+  batch, each row draws from its own uniform numbers, prompts are prefilled without padding on CPU. Greedy
+  output is identical to ``generate``'s (a test checks).
+- ``hf-compiled``: the same loop with a static cache and a ``torch.compile``d decode step
+  (``generation.decode.StaticEngine``), meant for GPUs.
+- ``vllm``: vLLM (optional extra, CUDA only), ``generation.vllm_backend``.
+``auto`` is ``vllm`` when vLLM is installed and CUDA is present, else ``hf``. The backends draw different
+random numbers, so a sweep uses one backend throughout (the sweep records which).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from posweep.config import SamplingSpec
 from posweep.data import PromptItem, encode_prompt
-from posweep.generation.vllm_backend import vllm_usable
+from posweep.generation.decode import DynamicEngine, StaticEngine, decode_batch
+from posweep.generation.stops import model_stop_token_ids
 from posweep.progress import progress_bar
+
+BACKENDS = ("auto", "hf", "hf-compiled", "vllm")
 
 
 @dataclass
 class Sample:
     prompt_id: str
     text: str
-    token_ids: list[int]  # the sampled tokens, eos and padding excluded
+    token_ids: list[int]  # the sampled tokens, the stop token and padding excluded
     length: int  # len(token_ids)
-    truncated: bool  # no eos within max_new_tokens
+    truncated: bool  # no stop token within max_new_tokens
+    stop_token_id: int | None = None  # the token that ended the response; None when truncated
+
+
+def resolve_backend(backend: str) -> str:
+    """A concrete backend for ``backend``: ``auto`` becomes ``vllm`` when vLLM is installed and CUDA is
+    present, else ``hf``; the others stay as they are."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sampling backend {backend!r}; use {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+
+def resolved(spec: SamplingSpec) -> SamplingSpec:
+    """``spec`` with its backend resolved (``resolve_backend``): what a baseline key is computed from."""
+    backend = resolve_backend(spec.backend)
+    return spec if backend == spec.backend else spec.model_copy(update={"backend": backend})
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -53,124 +77,48 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token rows; the attention mask comes from each row's length, not from the pad id."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    return input_ids, attention_mask
-
-
-def cut_at_eos(generated: list[int], eos_id: int) -> tuple[list[int], bool]:
-    """(tokens before the first eos, truncated): a row without eos was cut at max_new_tokens."""
-    if eos_id in generated:
-        return generated[: generated.index(eos_id)], False
-    return generated, True
-
-
-def next_tokens(logits: torch.Tensor, spec: SamplingSpec, uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row from last-position logits [rows, vocab]: argmax at temperature 0, else a draw
-    from softmax(logits / temperature) restricted to the top-p nucleus.
-
-    The draw inverts each row's CDF at that row's own uniform number, so a row's tokens depend on its
-    seed and step only, not on which other rows are still in the batch."""
-    if spec.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / spec.temperature
-    if spec.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
-        outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= spec.top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
-    # right=True never lands on a zero-probability token; scaling by cdf[:, -1] absorbs rounding
-    return torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(-1)
-
-
-def decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, spec: SamplingSpec, eos_id: int,
-                 generator: torch.Generator) -> list[tuple[list[int], bool]]:
-    """(token ids before eos, truncated) per row of a left-padded batch, with a KV cache.
-
-    What ``generate`` does, plus one thing it does not: a row that has produced its eos leaves the batch
-    (its cache rows are dropped), so the remaining steps cost only the rows still being sampled. With
-    256 new tokens and responses of very different lengths this is most of the work on CPU. Each step
-    draws one uniform number per original row, so dropping rows changes no other row's sample."""
-    cache = DynamicCache(config=model.config)
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding: count real tokens only
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each active row
-    next_position = position_ids[:, -1] + 1
-    generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    finished = [False] * input_ids.shape[0]
-    for step in range(spec.max_new_tokens):
-        uniforms = torch.rand(input_ids.shape[0], generator=generator, device=input_ids.device)
-        tokens = next_tokens(logits, spec, uniforms[rows])
-        for row, token in zip(rows.tolist(), tokens.tolist()):
-            if token == eos_id:
-                finished[row] = True
-            else:
-                generated[row].append(token)
-        active = tokens != eos_id
-        if step == spec.max_new_tokens - 1 or not active.any():
-            break
-        if not active.all():
-            keep = active.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, tokens, attention_mask, next_position = rows[keep], tokens[keep], attention_mask[keep], next_position[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=-1)
-        logits = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]
-        next_position = next_position + 1
-    return [(token_ids, not done) for token_ids, done in zip(generated, finished)]
-
-
-def _sample_hf(model, tokenizer, prompt_ids: list[list[int]], spec: SamplingSpec,
-               progress: bool) -> list[tuple[list[int], bool]]:
-    """(token ids, truncated) per prompt, batch by batch with ``decode_batch``."""
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+def _sample_hf(model, prompt_ids: list[list[int]], spec: SamplingSpec, stop_ids: list[int], pad_id: int,
+               compiled: bool, progress: bool) -> list[tuple[list[int], int | None]]:
+    """(token ids, stop token or None) per prompt, batch by batch with ``decode_batch``."""
     device = model.device
-    results: list[tuple[list[int], bool] | None] = [None] * len(prompt_ids)
+    engine = (StaticEngine(model, max(len(p) for p in prompt_ids), spec.max_new_tokens) if compiled
+              else DynamicEngine(model))
+    results: list[tuple[list[int], int | None] | None] = [None] * len(prompt_ids)
     generated_tokens, started = 0, time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("sampling", total=len(prompt_ids), info="")
         for batch_index, indices in enumerate(length_sorted_batches([len(p) for p in prompt_ids], spec.batch_size)):
-            input_ids, attention_mask = left_pad([prompt_ids[i] for i in indices], pad_id)
             # A generator of its own: the batch's draws depend on its seed only, and the caller's RNG is untouched.
             generator = torch.Generator(device=device).manual_seed(batch_seed(spec.seed, batch_index))
             with torch.inference_mode():
-                batch_results = decode_batch(model, input_ids.to(device), attention_mask.to(device), spec, eos_id,
-                                             generator)
-            for i, (token_ids, truncated) in zip(indices, batch_results):
-                results[i] = (token_ids, truncated)
-                generated_tokens += len(token_ids) + (0 if truncated else 1)  # the eos was generated too
+                batch_results = decode_batch(engine, [prompt_ids[i] for i in indices], spec, stop_ids, generator,
+                                             pad_id)
+            for i, (token_ids, stop) in zip(indices, batch_results):
+                results[i] = (token_ids, stop)
+                generated_tokens += len(token_ids) + (stop is not None)  # the stop token was generated too
             tokens_per_s = generated_tokens / (time.perf_counter() - started)
             bar.update(task, advance=len(indices), info=f"{tokens_per_s:.0f} tok/s")
     return results
 
 
 def sample_responses(model, tokenizer, prompts: list[PromptItem], spec: SamplingSpec, progress: bool = True,
-                     backend: str = "auto") -> list[Sample]:
-    """One sampled response per prompt, in the order of ``prompts``. Puts ``model`` in eval mode."""
-    if backend not in {"auto", "hf", "vllm"}:
-        raise ValueError(f"unknown sampling backend {backend!r}; use auto, hf or vllm")
+                     backend: str | None = None) -> list[Sample]:
+    """One sampled response per prompt, in the order of ``prompts``. Puts ``model`` in eval mode.
+
+    ``backend`` overrides ``spec.backend`` (both resolved with ``resolve_backend``)."""
+    backend = resolve_backend(backend or spec.backend)
     if not prompts:
         return []
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token: sampling could not stop")
+    stop_ids = model_stop_token_ids(model, tokenizer)
     prompt_ids = [encode_prompt(tokenizer, item.prompt) for item in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     model.eval()
-    if backend == "vllm" or (backend == "auto" and vllm_usable(model)):
+    if backend == "vllm":
         from posweep.generation.vllm_backend import sample_vllm
 
-        results = sample_vllm(model, tokenizer, prompt_ids, spec)
+        results = sample_vllm(model, prompt_ids, spec, stop_ids)
     else:
-        results = _sample_hf(model, tokenizer, prompt_ids, spec, progress)
+        results = _sample_hf(model, prompt_ids, spec, stop_ids, pad_id, backend == "hf-compiled", progress)
     texts = tokenizer.batch_decode([token_ids for token_ids, _ in results], skip_special_tokens=True)
-    return [Sample(item.prompt_id, text, token_ids, len(token_ids), truncated)
-            for item, text, (token_ids, truncated) in zip(prompts, texts, results)]
+    return [Sample(item.prompt_id, text, token_ids, len(token_ids), stop is None, stop)
+            for item, text, (token_ids, stop) in zip(prompts, texts, results)]

@@ -43,6 +43,9 @@ class PromptsSource(Strict):
     source: str = Field(description="file, datasets name[:split], or builtin:demo-test")
     layout: Literal[PROMPT_LAYOUTS]
     limit: int | None = Field(None, gt=0, description="keep this many prompts (a seeded random subset)")
+    selection_fraction: float | None = Field(
+        None, gt=0, lt=1, description="hold out this share of the prompts for every choice (SFT, best runs, "
+        "recommendation) and report metrics on the rest; none: as the paper, choices and reports share prompts")
 
 
 class SFTConfig(Strict):

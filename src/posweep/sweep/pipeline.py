@@ -4,9 +4,11 @@ In: a ``SweepConfig`` (or its file / preset name) and a folder. Out: the folder'
 ``state.sqlite``, ``summary.csv``, ``sweep_info.json``, ``baseline/samples.parquet`` and ``runs/<run_id>/``
 (the report is written by ``posweep.workflow``, a later stage).
 
-The loop, all in ``run_sweep``: prepare data (tokenized once, cached) → SFT grid (train + evaluate each) →
-choose the SFT with the best mean gold score → reference log-probs of every pair (once, if a method needs
-them) → baseline samples of the chosen SFT (once) → every preference run (train → evaluate) → summary.csv.
+The loop, all in ``run_sweep``: resolve the sampling backend (once per sweep, recorded) → prepare data
+(tokenized once, cached) → SFT grid (train + evaluate each, against the starting model's baseline) →
+choose the SFT with the best mean gold score (on the selection prompts when the sweep has a split) → its
+own evaluation becomes the preference stage's baseline (no second sampling pass) → reference log-probs of
+every pair (once, if a method needs them) → every preference run (train → evaluate) → summary.csv.
 
 Resumable: ``state.sqlite`` holds each run's status. Rerunning on the same folder skips finished runs
 (their files are never touched), reruns runs a killed process left "running", and retries failed runs
@@ -35,6 +37,15 @@ from posweep.sweep.plan import PlannedRun, RunJob, describe_changes, plan_runs, 
 from posweep.sweep.run import quiet_libraries
 from posweep.sweep.state import StateDB, SweepError, sweep_lock
 
+# What a run's metrics mean (docs/DESIGN.md section 3), pinned by finished runs like the rest of the context.
+# 2: KL at the sampling temperature, responses ended by the model's own end-of-turn tokens, held-out split.
+EVALUATION_RULES = 2
+
+
+def run_context(config: SweepConfig) -> dict:
+    """``sweep_context`` plus the evaluation rules: what finished runs pin."""
+    return {**sweep_context(config), "evaluation": EVALUATION_RULES}
+
 
 @dataclass
 class SweepResult:
@@ -59,6 +70,7 @@ def run_sweep(config: SweepConfig | str | Path, out_dir: str | Path, retry_faile
         db = StateDB(out_dir / "state.sqlite")
         try:
             _start(db, config, runs, out_dir, retry_failed)
+            config = resolve_sampling_backend(db, config, out_dir)
             _execute_stages(db, config, runs, out_dir, progress)
             summary_path = write_summary(db, out_dir)
             counts = {status: db.count(status) for status in ("done", "failed", "pending", "running")}
@@ -69,7 +81,7 @@ def run_sweep(config: SweepConfig | str | Path, out_dir: str | Path, retry_faile
 
 def _start(db: StateDB, config: SweepConfig, runs: list[PlannedRun], out_dir: Path, retry_failed: bool) -> None:
     """Refuse a config that changes finished runs; record the plan; requeue interrupted (and failed) runs."""
-    context = sweep_context(config)
+    context = run_context(config)
     previous = db.get_meta("context")
     if previous is not None and previous != context and db.count("done", "failed"):
         raise SweepConfigError(
@@ -81,6 +93,22 @@ def _start(db: StateDB, config: SweepConfig, runs: list[PlannedRun], out_dir: Pa
     write_atomic_text(config_to_yaml(config), out_dir / "sweep.yaml")
     db.add_runs(runs, stable_hash(context))
     db.requeue(keep={run.run_id for run in runs}, retry_failed=retry_failed)
+
+
+def resolve_sampling_backend(db: StateDB, config: SweepConfig, out_dir: Path) -> SweepConfig:
+    """The config with ``sampling.backend`` resolved (``auto`` → vllm or hf) once for the whole sweep and
+    recorded; a resumed sweep whose ``auto`` would now resolve differently is refused while finished runs
+    were sampled with the other backend (the two draw different random numbers)."""
+    from posweep.generation import resolve_backend
+
+    backend = resolve_backend(config.sampling.backend)
+    previous = db.get_meta("sampling_backend")
+    if previous and previous != backend and db.count("done", "failed"):
+        raise SweepConfigError(f"{out_dir}: this sweep's runs were sampled with the {previous} backend, but "
+                               f"sampling.backend {config.sampling.backend!r} now resolves to {backend}; set "
+                               f"sampling.backend: {previous} to continue it, or start a new sweep folder (--out)")
+    db.set_meta("sampling_backend", backend)
+    return config.model_copy(update={"sampling": config.sampling.model_copy(update={"backend": backend})})
 
 
 def _check_fingerprints(db: StateDB, config: SweepConfig, pairs, prompts: list, out_dir: Path) -> dict:
@@ -115,20 +143,37 @@ def _execute_stages(db: StateDB, config: SweepConfig, runs: list[PlannedRun], ou
             if sft_runs:
                 _run_stage(db, inputs, sft_runs, out_dir, config.model, executor, bar, overall)
             sft_spec, sft_run_id, sft_metrics = choose_sft(db, config, sft_runs, po_runs, out_dir)
-            write_atomic_json({
-                "model": config.model, "judge": config.judge,
-                "judge_is_stand_in": bool(getattr(inputs.judge, "is_stand_in", False)),
-                "sft_run_id": sft_run_id, "sft_metrics": sft_metrics, "sft_spec": sft_spec,
-                "sft_grid": config.sft.grid if config.sft else None,
-                "methods": {name: {**config.shared_grid, **m.grid} for name, m in config.methods.items()},
-                "seeds": config.seeds, "train_data": {**config.train_data.model_dump(), "n": len(pairs)},
-                "test_prompts": {**config.test_prompts.model_dump(), "n": len(prompts)},
-                "sampling": config.sampling.model_dump(), "fingerprints": fingerprints, "planned_runs": len(runs),
-            }, out_dir / "sweep_info.json")
+            if po_runs and sft_run_id is not None:  # the chosen SFT's own evaluation is the baseline
+                inputs.adopt_baseline(sft_spec, out_dir / "runs" / sft_run_id)
+            write_atomic_json(sweep_info(config, inputs, fingerprints, sft_spec, sft_run_id, sft_metrics, len(runs)),
+                              out_dir / "sweep_info.json")
             if po_runs:
                 _run_stage(db, inputs, po_runs, out_dir, sft_spec, executor, bar, overall)
     finally:
         executor.close()
+
+
+def sweep_info(config: SweepConfig, inputs: SharedInputs, fingerprints: dict, sft_spec: str, sft_run_id: str | None,
+               sft_metrics: dict | None, planned_runs: int) -> dict:
+    """sweep_info.json: what the analyses and the report need to know about the sweep (docs/DESIGN.md
+    section 10), including the resolved sampling backend, the KL's definition and the prompt split."""
+    n_prompts, n_selection = len(inputs.prompts), len(inputs.selection)
+    temperature = config.sampling.temperature
+    return {
+        "model": config.model, "judge": config.judge,
+        "judge_is_stand_in": bool(getattr(inputs.judge, "is_stand_in", False)),
+        "sft_run_id": sft_run_id, "sft_metrics": sft_metrics, "sft_spec": sft_spec,
+        "sft_grid": config.sft.grid if config.sft else None,
+        "methods": {name: {**config.shared_grid, **m.grid} for name, m in config.methods.items()},
+        "seeds": config.seeds, "train_data": {**config.train_data.model_dump(), "n": len(inputs.pairs)},
+        "test_prompts": {**config.test_prompts.model_dump(), "n": n_prompts},
+        "sampling": config.sampling.model_dump(), "sampling_backend": config.sampling.backend,
+        "kl": {"temperature": temperature if temperature > 0 else 1.0, "policy_top_p": config.sampling.top_p,
+               "greedy": temperature == 0, "evaluation_rules": EVALUATION_RULES},
+        "selection": ({"fraction": config.test_prompts.selection_fraction, "n_selection": n_selection,
+                       "n_held_out": n_prompts - n_selection} if n_selection else None),
+        "fingerprints": fingerprints, "planned_runs": planned_runs,
+    }
 
 
 def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_dir: Path, base_spec: str,
@@ -143,6 +188,7 @@ def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_di
         return
     bar.update(overall, info=f"{stage} stage: baseline samples" + (", reference log-probs" if stage == "po" else ""))
     baseline = inputs.baseline(base_spec)
+    inputs.park()  # the base policy stays loaded for the runs' KL, in CPU memory while they train
     if stage == "po" and any(get_method(run.method).needs_reference for run in runs):
         inputs.reference_logps(base_spec)
     if stage == "po":  # the chosen SFT's samples: the report compares every run with them
@@ -168,7 +214,9 @@ def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_di
 
 def choose_sft(db: StateDB, config: SweepConfig, sft_runs: list[PlannedRun], po_runs: list[PlannedRun],
                out_dir: Path) -> tuple[str, str | None, dict | None]:
-    """The SFT run with the best mean gold score (first on ties) → (its checkpoint, run id, metrics).
+    """The SFT run with the best mean gold score (first on ties) → (its checkpoint, run id, metrics). With a
+    selection split the score is the selection prompts' (``selection_mean_score``); the metrics reported
+    are the held-out ones.
 
     Without an SFT grid the config's model is the SFT policy. Preference runs that finished from an
     earlier choice pin it: a grid extension that would change the choice is refused.
@@ -183,7 +231,7 @@ def choose_sft(db: StateDB, config: SweepConfig, sft_runs: list[PlannedRun], po_
     if not scored:
         raise SweepError(f"no SFT run finished ({len(sft_runs)} failed); see {out_dir / 'summary.csv'}, "
                          "fix the cause and rerun with --retry-failed")
-    metrics, best = max(scored, key=lambda item: item[0]["mean_score"])  # max keeps the first of equals
+    metrics, best = max(scored, key=lambda item: selection_score(item[0]))  # max keeps the first of equals
     previous = db.get_meta("chosen_sft")
     if previous and previous != best.run_id and any(db.status(r.run_id) in ("done", "failed") for r in po_runs):
         raise SweepConfigError(f"{out_dir}: the SFT grid now selects {best.run_id} instead of {previous}, which the "
@@ -194,6 +242,13 @@ def choose_sft(db: StateDB, config: SweepConfig, sft_runs: list[PlannedRun], po_
             if run is not best:
                 shutil.rmtree(out_dir / "runs" / run.run_id / "checkpoint", ignore_errors=True)
     return str(out_dir / "runs" / best.run_id / "checkpoint"), best.run_id, metrics
+
+
+def selection_score(metrics: dict) -> float:
+    """The score a run is ranked by: its selection prompts' mean score when the sweep has a split, else
+    its mean score (NaN ranks last)."""
+    value = metrics.get("selection_mean_score", metrics.get("mean_score"))
+    return float("-inf") if value is None or value != value else float(value)
 
 
 def write_baseline(baseline, path: Path) -> None:

@@ -63,8 +63,15 @@ def run_one(job: RunJob, inputs: SharedInputs | None = None) -> RunOutcome:
         if result.status != "done":
             return RunOutcome(run.run_id, "failed", error=result.error or "training failed",
                               duration_s=time.perf_counter() - started)
-        metrics = evaluate_run(str(result.checkpoint_dir), job.base_spec, inputs.prompts, inputs.judge,
-                               config.sampling, run_dir, baseline=inputs.baseline(job.base_spec), progress=False)
+        # The base policy is loaded once per process (inputs.sft_model) and parked between runs; an SFT
+        # run keeps its token ids, so that the chosen one's samples become the preference stage's baseline.
+        try:
+            metrics = evaluate_run(str(result.checkpoint_dir), job.base_spec, inputs.prompts, inputs.judge,
+                                   config.sampling, run_dir, baseline=inputs.baseline(job.base_spec),
+                                   sft_model=lambda: inputs.sft_model(job.base_spec), selection=inputs.selection,
+                                   keep_token_ids=run.stage == "sft", progress=False)
+        finally:
+            inputs.park()
         if run.stage == "po" and not config.keep_checkpoints:
             shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
         return RunOutcome(run.run_id, "done", duration_s=time.perf_counter() - started, metrics=metrics)
