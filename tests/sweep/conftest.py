@@ -56,7 +56,8 @@ class FakeStages:
                                    error="non-finite loss (nan) at step 1", steps=0, final_loss=math.nan)
         return self._train(out_dir, beta or 0.0, {"method": method, "hparams": hparams})
 
-    def get_reference_logps(self, reference_spec, pairs, progress=True, mixed_precision="no"):
+    def get_reference_logps(self, reference_spec, pairs, progress=True, mixed_precision="no", packing=True,
+                            model_dtype="float32"):
         self.calls.append(("get_reference_logps", reference_spec))
         return SimpleNamespace(spec=reference_spec)
 

@@ -40,9 +40,11 @@ class PairsSource(Strict):
 
 
 class PromptsSource(Strict):
-    source: str = Field(description="file, datasets name[:split], or builtin:demo-test")
+    source: str = Field(description="file, datasets name[:split], or builtin:hh-rlhf-test")
     layout: Literal[PROMPT_LAYOUTS]
     limit: int | None = Field(None, gt=0, description="keep this many prompts (a seeded random subset)")
+    meta: dict[str, str] = Field(default_factory=dict, exclude_if=lambda v: not v, description=(
+        "fields given to every prompt whose row lacks them, e.g. {category: harmful} for the demo judge"))
     selection_fraction: float | None = Field(
         None, gt=0, lt=1, description="hold out this share of the prompts for every choice (SFT, best runs, "
         "recommendation) and report metrics on the rest; none: as the paper, choices and reports share prompts")

@@ -54,6 +54,8 @@ def load_test_prompts(config: SweepConfig) -> list:
     source = resolve_source(config.test_prompts.source)
     prompts, _ = load_prompts(source, config.test_prompts.layout)
     prompts = subset(prompts, config.test_prompts.limit)
+    for item in prompts:
+        item.meta = {**config.test_prompts.meta, **item.meta}
     if not prompts:
         raise SweepConfigError(f"test_prompts: {config.test_prompts.source} has no usable prompts")
     return prompts
@@ -161,7 +163,8 @@ class SharedInputs:
             from posweep.training import get_reference_logps
 
             self._references[base_spec] = get_reference_logps(
-                base_spec, self.pairs, progress=False, mixed_precision=self.config.optim.mixed_precision)
+                base_spec, self.pairs, progress=False, mixed_precision=self.config.optim.mixed_precision,
+                packing=self.config.optim.packing, model_dtype=self.config.optim.model_dtype)
         return self._references[base_spec]
 
 
