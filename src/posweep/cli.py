@@ -413,22 +413,25 @@ def report(sweep_dir: Path = typer.Argument(..., help="A sweep folder (with summ
 def data_build_demo(
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: the package's demo_data/)."),
     train_prompts: int = typer.Option(200, "--train-prompts", min=2, help="Training prompts (half harmful)."),
-    test_prompts: int = typer.Option(120, "--test-prompts", min=1, help="Test prompts (half harmful)."),
     k: int = typer.Option(3, "--k", min=2, help="Samples per training prompt (pair = best vs worst)."),
-    test_k: int = typer.Option(2, "--test-k", min=1, help="Samples per test prompt (reference = best)."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1,
+                                       help="Token limit; a sample that reaches it is drawn again with twice as many."),
     seed: int = typer.Option(0, "--seed"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="The policy that samples."),
+    hh_rlhf: Path | None = typer.Option(None, "--hh-rlhf", exists=True, dir_okay=False,
+                                        help="The published HH-RLHF harmless-base test.jsonl.gz: ship its test prompts."),
 ) -> None:
-    """Rebuild the demo data: sample on-policy responses, score them with the demo judge, write pairs."""
+    """Rebuild the demo data: sample on-policy responses until they end, label them, write pairs."""
     import importlib.resources
 
     from posweep.demo_build import build_demo_data
 
     out = out or Path(str(importlib.resources.files("posweep") / "demo_data"))
-    report = build_demo_data(out, train_prompts, test_prompts, k, max_new_tokens, seed, model, test_k=test_k)
-    console.print(f"{report['pairs']} pairs ({report['near_ties_dropped']} near-ties dropped), "
-                  f"{report['test_prompts']} test prompts, in {report['seconds']['this_run']:.0f} s; wrote {out}")
+    report = build_demo_data(out, train_prompts, k, max_new_tokens, seed, model, hh_rlhf=hh_rlhf)
+    tests = report["test"]["kept_rows"] if report["test"] else 0
+    console.print(f"{report['pairs']} pairs ({report['near_ties_dropped']} near-ties, "
+                  f"{report['too_few_finished_dropped']} without two finished samples dropped), "
+                  f"{tests} HH-RLHF test prompts, in {report['seconds']['this_run']:.0f} s; wrote {out}")
 
 
 if __name__ == "__main__":  # `torchrun --nproc_per_node N -m posweep.cli train ...`

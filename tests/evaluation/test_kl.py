@@ -67,8 +67,10 @@ def test_monte_carlo_kl_matches_the_exact_kl(setup, temperature, top_p):
     samples = sample_responses(policy, tokenizer, prompts, spec, progress=False)
     token_ids, stops = [s.token_ids for s in samples], [s.stop_token_id for s in samples]
     assert {s.stop_token_id for s in samples} >= {END, EOS, None}  # both stop tokens and truncation occur
-    kl = (sampled_logps(policy, tokenizer, prompts, token_ids, stops, temperature, top_p, batch_size=1000)
-          - sampled_logps(sft, tokenizer, prompts, token_ids, stops, temperature, 1.0, batch_size=1000))
+    policy_logp = sampled_logps(policy, tokenizer, prompts, token_ids, stops, temperature, top_p, batch_size=1000)
+    # the sampler's own log-probs (what evaluation uses for the policy) are the forward pass's, token for token
+    np.testing.assert_allclose([s.logp for s in samples], policy_logp, rtol=1e-4, atol=1e-4)
+    kl = policy_logp - sampled_logps(sft, tokenizer, prompts, token_ids, stops, temperature, 1.0, batch_size=1000)
     exact = exact_kl(policy, sft, encode_prompt(tokenizer, PROMPT), set(stop_token_ids(tokenizer)), temperature, top_p)
     standard_error = kl.std(ddof=1) / math.sqrt(n)
     assert exact > 10 * standard_error  # a KL clearly away from zero: the comparison has power

@@ -86,7 +86,7 @@ def test_demo_preset_validates_and_quick_is_a_subset():
     config = load_config("demo")
     runs = plan_runs(config)
     for method in ("dpo", "ln_dpo", "simpo"):
-        assert len([r for r in runs if r.method == method]) >= 3
+        assert len([r for r in runs if r.method == method]) >= 4  # so the 75th-percentile run is not the best
     assert runs[0].method == "sft"
     quick_runs = plan_runs(quick_config(config))
     assert sorted(r.method for r in quick_runs) == sorted(["sft", *config.methods])  # one setting per method

@@ -76,14 +76,31 @@ def test_ray_executor_runs_each_run_once(tmp_path, two_run_config):
         ray.shutdown()
 
 
-def test_local_executor_uses_one_worker_process_per_cuda_device(tmp_path, two_run_config, monkeypatch):
+@pytest.mark.parametrize("workers", ["cuda", "cpu"])
+def test_local_executor_uses_one_worker_process_per_cuda_device_or_cpu_share(tmp_path, two_run_config, monkeypatch,
+                                                                              workers):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the driver believes there are 2 devices
-    config = validate_config(two_run_config)
+    from posweep.sweep.executors import DeviceExecutor, make_executor
+
+    if workers == "cuda":
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the driver believes there are 2 devices
+        config = validate_config(two_run_config)
+    else:  # SFT alone, then two DPO runs at once in two worker processes that share the cores
+        config = validate_config({**two_run_config, "executor": {"cpu_workers": 2},
+                                  "methods": {"dpo": {"grid": {"beta": [0.1, 0.5]}}}})
+        executor = make_executor(config.executor)
+        assert isinstance(executor, DeviceExecutor) and executor.slots == 2
+        executor.close()
     result = run_sweep(config, tmp_path / "sweep", progress=False)
-    assert result.counts["done"] == 2
-    check_done_elsewhere(tmp_path / "sweep", plan_runs(config))
+    runs = plan_runs(config)
+    assert result.counts["done"] == len(runs)
+    check_done_elsewhere(tmp_path / "sweep", runs)
+    if workers == "cpu":
+        cores = os.cpu_count() or 1
+        threads = {run.stage: json.loads((tmp_path / "sweep" / "runs" / run.run_id / "config.json").read_text())
+                   ["torch_threads"] for run in runs}
+        assert threads == {"sft": cores, "po": max(1, cores // 2)}  # a run alone gets every core
 
 
 def check_distributed(out: Path, runs) -> None:

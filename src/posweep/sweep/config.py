@@ -65,12 +65,18 @@ class ExecutorConfig(Strict):
     max_retries: int = Field(2, ge=0, description="Ray retries of a task whose worker died")
     processes_per_run: int = Field(1, ge=1, description="devices (processes) per run: > 1 runs each with torchrun, "
                                    "data-parallel, or sharded with optim.fsdp")
+    cpu_workers: int = Field(1, ge=1, exclude_if=lambda v: v == 1, description=(
+        "local, no CUDA device: run this many runs at once in worker processes that share the cores "
+        "(CPU sampling is latency-bound, so two one-thread workers beat one two-thread process)"))
 
 
 class SweepConfig(Strict):
     model: str = DEFAULT_MODEL
     train_data: PairsSource
     test_prompts: PromptsSource
+    system_prompt: str | None = Field(None, exclude_if=lambda v: v is None, description=(
+        "a system turn put before every training and test prompt that has none (the chat template's default "
+        "otherwise)"))
     judge: str = "demo"
     sampling: SamplingSpec = SamplingSpec()
     limits: DataLimits = DataLimits()

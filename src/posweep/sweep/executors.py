@@ -5,7 +5,8 @@ It lives for the whole sweep (worker processes and Ray start once), and ``close(
 alone records outcomes in ``state.sqlite``.
 
 - ``InProcessExecutor``: one run after another in this process (shared inputs loaded once).
-- ``DeviceExecutor``: one worker process per CUDA device.
+- ``DeviceExecutor``: one worker process per CUDA device, or, on a machine without one, ``cpu_workers``
+  processes sharing the cores (each ``cpu_count // cpu_workers`` torch threads).
 - ``LaunchExecutor`` (``processes_per_run`` > 1): each run a ``torchrun`` of that many processes on its own
   group of devices (``posweep.sweep.launch``), groups in parallel; on CPU, gloo processes.
 - ``RayExecutor``: one Ray task per run, with its GPU request; with ``processes_per_run`` > 1 each run
@@ -49,6 +50,7 @@ class BoundedExecutor:
     say how to submit a job, wait for any of the submitted ones, and read a finished one's outcome."""
 
     slots: int = 1
+    in_flight: int = 1  # how many jobs will run at once, counting the one being submitted
 
     def submit(self, job: RunJob):
         raise NotImplementedError
@@ -63,6 +65,7 @@ class BoundedExecutor:
         waiting, active = list(jobs), {}
         while waiting or active:
             while waiting and len(active) < self.slots:
+                self.in_flight = min(self.slots, len(active) + len(waiting))
                 job = waiting.pop(0)
                 on_start(job)
                 active[self.submit(job)] = job
@@ -77,23 +80,53 @@ def _pin_device(devices) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())  # before this worker initialises CUDA
 
 
-class DeviceExecutor(BoundedExecutor):
-    """One worker process per CUDA device, each running one run at a time on its device."""
+def cpu_threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
 
-    def __init__(self, devices: list[int]):
+
+def _run_with_threads(job: RunJob, threads: int) -> RunOutcome:
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_one(job)
+
+
+class DeviceExecutor(BoundedExecutor):
+    """One worker process per CUDA device, each running one run at a time on its device; or, with no
+    devices, ``cpu_workers`` processes that share the cores: each run gets ``cpu_count // n`` torch threads
+    for the ``n`` runs in flight when it starts. On CPU, sampling one token at a time is
+    bound by memory latency, not arithmetic: two one-thread processes sample ~1.8x as many tokens per
+    second as one two-thread process, and train ~1.15x as many (bench/RESULTS.md)."""
+
+    def __init__(self, devices: list[int] | None = None, cpu_workers: int = 1):
+        self.devices = devices or []
+        self.on_cpu = not self.devices
+        self.slots = len(self.devices) or cpu_workers
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        if self.on_cpu:
+            return ProcessPoolExecutor(self.slots, mp_context=context)
         device_queue = context.Queue()
-        for device in devices:
+        for device in self.devices:
             device_queue.put(device)
-        self.slots = len(devices)
-        self.pool = ProcessPoolExecutor(len(devices), mp_context=context, initializer=_pin_device,
-                                        initargs=(device_queue,))
+        return ProcessPoolExecutor(self.slots, mp_context=context, initializer=_pin_device, initargs=(device_queue,))
 
     def submit(self, job: RunJob):
-        return self.pool.submit(run_one, job)
+        from concurrent.futures.process import BrokenProcessPool
+
+        # The cores are shared by the runs in flight: a run alone (SFT) gets them all.
+        call = (_run_with_threads, job, cpu_threads_per_worker(self.in_flight)) if self.on_cpu else (run_one, job)
+        try:
+            return self.pool.submit(*call)
+        except BrokenProcessPool:  # a worker died (its runs are recorded failed): the next runs get a new pool
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(*call)
 
     def wait_any(self, handles: list) -> list:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -230,7 +263,8 @@ Executor = InProcessExecutor | DeviceExecutor | LaunchExecutor | RayExecutor
 
 def make_executor(options: ExecutorConfig) -> Executor:
     """``ray``: Ray tasks. ``local``: ``torchrun`` per run when ``processes_per_run`` > 1, else worker
-    processes when several CUDA devices are present, else in process."""
+    processes when several CUDA devices are present (or, without CUDA, ``cpu_workers`` > 1), else in
+    process."""
     if options.kind == "ray":
         return RayExecutor(options)
     import torch
@@ -238,4 +272,8 @@ def make_executor(options: ExecutorConfig) -> Executor:
     devices = list(range(torch.cuda.device_count()))
     if options.processes_per_run > 1:
         return LaunchExecutor(options, len(devices))
-    return DeviceExecutor(devices) if len(devices) > 1 else InProcessExecutor()
+    if len(devices) > 1:
+        return DeviceExecutor(devices)
+    if not devices and options.cpu_workers > 1:
+        return DeviceExecutor(cpu_workers=options.cpu_workers)
+    return InProcessExecutor()

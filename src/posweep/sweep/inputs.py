@@ -34,11 +34,13 @@ def subset(items: list, limit: int | None) -> list:
 
 def load_train_pairs(config: SweepConfig):
     """The training pairs, tokenized with the model's tokenizer (``prepare_pairs`` caches them)."""
-    from posweep.data import load_pairs, prepare_pairs
+    from posweep.data import load_pairs, prepare_pairs, with_system_turn
     from posweep.models import load_tokenizer
 
     source = resolve_source(config.train_data.source)
     pairs, summary = load_pairs(source, config.train_data.layout)
+    for pair in pairs:
+        pair.prompt = with_system_turn(pair.prompt, config.system_prompt)
     kept = subset(pairs, config.train_data.limit)
     if len(kept) < len(pairs):
         summary.drop("over_limit", len(pairs) - len(kept))
@@ -49,12 +51,13 @@ def load_train_pairs(config: SweepConfig):
 
 
 def load_test_prompts(config: SweepConfig) -> list:
-    from posweep.data import load_prompts
+    from posweep.data import load_prompts, with_system_turn
 
     source = resolve_source(config.test_prompts.source)
     prompts, _ = load_prompts(source, config.test_prompts.layout)
     prompts = subset(prompts, config.test_prompts.limit)
     for item in prompts:
+        item.prompt = with_system_turn(item.prompt, config.system_prompt)
         item.meta = {**config.test_prompts.meta, **item.meta}
     if not prompts:
         raise SweepConfigError(f"test_prompts: {config.test_prompts.source} has no usable prompts")

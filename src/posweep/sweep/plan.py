@@ -65,12 +65,15 @@ def plan_runs(config: SweepConfig) -> list[PlannedRun]:
 
 def sweep_context(config: SweepConfig) -> dict:
     """What every run's results depend on besides its own grid point; finished runs pin it."""
-    return json.loads(json.dumps({
+    context = {
         "model": config.model, "train_data": config.train_data.model_dump(),
         "test_prompts": config.test_prompts.model_dump(), "judge": config.judge,
         "sampling": config.sampling.model_dump(), "limits": config.limits.model_dump(),
         "optim": config.optim.identity(exclude={"learning_rate", "epochs", "seed"}),
-    }))
+    }
+    if config.system_prompt is not None:  # only when set, so sweeps from before the option keep their ids
+        context["system_prompt"] = config.system_prompt
+    return json.loads(json.dumps(context))
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:

@@ -154,7 +154,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     config = {"method": method, "hparams": hparams, "loss_kwargs": _jsonable(loss_kwargs), "model": model_spec,
               "optim": optim.model_dump(), "data_fingerprint": pairs.fingerprint, "pairs": len(pairs),
               "reference_fingerprint": reference_logps.reference_fingerprint if needs_reference else None,
-              "total_steps": total_steps, "world_size": world,
+              "total_steps": total_steps, "world_size": world, "torch_threads": torch.get_num_threads(),
               "parallel": "fsdp" if sharded else ("ddp" if world > 1 else "none"), "status": "running"}
     log_path = out_dir / "train_log.jsonl"
     if main:
