@@ -29,8 +29,10 @@ def test_the_committed_report_shows_what_the_demo_promises(summary):
     done = summary[(summary.status == "done") & (summary.stage == "po")]
     for method, runs in done.groupby("method"):
         assert len(runs) >= 4, method
-        p75 = pd.read_csv(REPORT / "t3_head_to_head_p75.csv")  # exists only when a p75 run differs
-        assert len(p75) > 0
+    best = pd.read_csv(REPORT / "t3_head_to_head_best.csv").set_index("row beats column")["run_id"]
+    p75 = pd.read_csv(REPORT / "t3_head_to_head_p75.csv").set_index("row beats column")["run_id"]
+    assert set(best.index) == set(p75.index) == {"dpo", "ln_dpo", "simpo"}
+    assert all(best[m] != p75[m] for m in best.index)  # T3's second table is not the first again
     sft = summary[summary.stage == "sft"]
     assert len(sft) == 1 and float(sft.truncated_share.iloc[0]) <= 0.10
     assert (best_runs(summary).kl_ci_low > 0).all()
