@@ -95,8 +95,8 @@ class DeviceExecutor(BoundedExecutor):
     """One worker process per CUDA device, each running one run at a time on its device; or, with no
     devices, ``cpu_workers`` processes that share the cores: each run gets ``cpu_count // n`` torch threads
     for the ``n`` runs in flight when it starts. On CPU, sampling one token at a time is
-    bound by memory latency, not arithmetic: two one-thread processes sample ~1.8x as many tokens per
-    second as one two-thread process, and train ~1.15x as many (bench/RESULTS.md)."""
+    bound by memory latency, not arithmetic: two one-thread processes sample ~1.6x as many tokens per
+    second as one two-thread process, and train about as many (bench/RESULTS.md)."""
 
     def __init__(self, devices: list[int] | None = None, cpu_workers: int = 1):
         self.devices = devices or []
