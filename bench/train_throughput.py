@@ -80,7 +80,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback, Tra
 from posweep.config import DEFAULT_MODEL, DataLimits, OptimConfig
 from posweep.data import pairs_from_rows, prepare_pairs
 from posweep.models import load_tokenizer, resolve_model_path
-from posweep.training import get_reference_logps, train_preference
+from posweep.training import get_reference_logps, train_preference, training_order
 
 DPO_BETA = 0.1
 SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO = 2.5, 0.5
@@ -456,16 +456,6 @@ def bf16_peak_flops(device_name: str, override_tflops: float | None) -> float | 
     if override_tflops:
         return override_tflops * 1e12
     return next((tflops * 1e12 for key, tflops in BF16_PEAK_TFLOPS if key in device_name), None)
-
-
-def training_order(n: int, epochs: float, seed: int = 0) -> list[int]:
-    """Pair indices in the order posweep's trainer (and TRL, which shuffles the same way) trains on them."""
-    generator = torch.Generator().manual_seed(seed)
-    full, rest = int(epochs), epochs - int(epochs)
-    order = [i for _ in range(full) for i in torch.randperm(n, generator=generator).tolist()]
-    if rest > 0:
-        order += torch.randperm(n, generator=generator)[: max(1, round(rest * n))].tolist()
-    return order
 
 
 def layout_positions(tokenized, settings: Settings) -> dict[str, float]:

@@ -67,6 +67,27 @@ def make_tiny_reward_model(out_dir: Path, tokenizer) -> Path:
     return out_dir
 
 
+def tiny_sweep_config(tmp_path: Path, model_dir: Path, judge_dir: Path) -> dict:
+    """A CI-sized sweep over files it writes into ``tmp_path`` (8 pairs, 4 test prompts), the tiny model and a
+    tiny ``hf:`` judge, 4 new tokens; callers add the grids (``sft``, ``shared_grid``, ``methods``)."""
+    import json
+
+    pairs = [{"prompt": f"Question {i}?", "chosen": f"A longer helpful answer {i}.", "rejected": f"No {i}."}
+             for i in range(8)]
+    prompts = [{"prompt": f"Test question {i}?", "chosen": f"Reference answer {i}."} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
+    return {
+        "model": str(model_dir),
+        "train_data": {"source": str(tmp_path / "pairs.jsonl"), "layout": "pairs"},
+        "test_prompts": {"source": str(tmp_path / "prompts.jsonl"), "layout": "prompts"},
+        "judge": f"hf:{judge_dir}",
+        "sampling": {"max_new_tokens": 4, "batch_size": 4},
+        "limits": {"max_prompt_length": 48, "max_length": 64},
+        "optim": {"batch_size": 4, "micro_batch_size": 4, "learning_rate": 1e-4},
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), tokenizer)

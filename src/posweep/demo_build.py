@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -183,8 +182,7 @@ def write_hh_rlhf_subset(published: str | Path, out_dir: str | Path) -> dict:
     write_atomic_bytes(gzip.compress(text, mtime=0), out_dir / HH_RLHF_FILE)
     licence = published.parent / "LICENSE"
     if licence.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(licence, out_dir / "HH-RLHF-LICENSE")
+        write_atomic_bytes(licence.read_bytes(), out_dir / "HH-RLHF-LICENSE")
     return {"published_rows": len(lines), "kept_rows": len(kept), "published_sha256": hashlib.sha256(raw).hexdigest(),
             "first_lines": kept[:5], "max_prompt_words": HH_MAX_PROMPT_WORDS}
 

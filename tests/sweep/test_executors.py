@@ -20,26 +20,14 @@ import pandas as pd
 import pytest
 
 from posweep.sweep import RunJob, plan_runs, run_one, run_sweep, validate_config
-from tests.conftest import make_tiny_reward_model
+from tests.conftest import make_tiny_reward_model, tiny_sweep_config
 
 
 @pytest.fixture
 def two_run_config(tmp_path, tiny_model_dir, tokenizer) -> dict:
     """SFT, then one DPO run."""
-    pairs = [{"prompt": f"Question {i}?", "chosen": f"A helpful answer {i}.", "rejected": f"No {i}."} for i in range(8)]
-    prompts = [{"prompt": f"Test question {i}?", "chosen": f"Reference {i}."} for i in range(4)]
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs))
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
-    return {
-        "model": str(tiny_model_dir),
-        "train_data": {"source": str(tmp_path / "pairs.jsonl"), "layout": "pairs"},
-        "test_prompts": {"source": str(tmp_path / "prompts.jsonl"), "layout": "prompts"},
-        "judge": f"hf:{make_tiny_reward_model(tmp_path / 'judge', tokenizer)}",
-        "sampling": {"max_new_tokens": 4, "batch_size": 4},
-        "limits": {"max_prompt_length": 48, "max_length": 64},
-        "optim": {"batch_size": 4, "micro_batch_size": 4, "learning_rate": 1e-4},
-        "methods": {"dpo": {"grid": {"beta": [0.1]}}},
-    }
+    config = tiny_sweep_config(tmp_path, tiny_model_dir, make_tiny_reward_model(tmp_path / "judge", tokenizer))
+    return {**config, "methods": {"dpo": {"grid": {"beta": [0.1]}}}}
 
 
 def check_done_elsewhere(out: Path, runs) -> None:

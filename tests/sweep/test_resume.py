@@ -18,24 +18,14 @@ import pandas as pd
 import yaml
 
 from posweep.sweep import load_config, plan_runs
-from tests.conftest import make_tiny_reward_model
+from tests.conftest import make_tiny_reward_model, tiny_sweep_config
 
 SWEEP_COMMAND = [sys.executable, "-c", "from posweep.cli import app; app()", "sweep"]
 
 
 def micro_config(tmp_path: Path, model_dir: Path, judge_dir: Path) -> Path:
-    pairs = [{"prompt": f"Question {i}?", "chosen": f"A longer helpful answer number {i}.", "rejected": f"No {i}."}
-             for i in range(8)]
-    prompts = [{"prompt": f"Test question {i}?", "chosen": f"Reference answer {i}."} for i in range(4)]
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pairs))
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
     config = {
-        "model": str(model_dir),
-        "train_data": {"source": str(tmp_path / "pairs.jsonl"), "layout": "pairs"},
-        "test_prompts": {"source": str(tmp_path / "prompts.jsonl"), "layout": "prompts"},
-        "judge": f"hf:{judge_dir}",
-        "sampling": {"max_new_tokens": 4, "batch_size": 4},
-        "limits": {"max_prompt_length": 48, "max_length": 64},
+        **tiny_sweep_config(tmp_path, model_dir, judge_dir),
         "optim": {"batch_size": 4, "micro_batch_size": 4},
         "sft": {"grid": {"learning_rate": [1e-3], "epochs": [1]}},
         # Two epochs (4 steps) so that each preference run trains long enough to be caught mid-run.

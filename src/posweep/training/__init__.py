@@ -14,7 +14,7 @@ folder, ``config.json`` and ``train_log.jsonl`` (``TrainResult``); ``ReferenceLo
 
 from posweep.training.job import TrainJob, run_train_job
 from posweep.training.reference import ReferenceLogps, get_reference_logps, reference_cache_path
-from posweep.training.trainer import TrainResult, train, train_preference, train_sft
+from posweep.training.trainer import TrainResult, train, train_preference, train_sft, training_order
 
 __all__ = ["ReferenceLogps", "TrainJob", "TrainResult", "get_reference_logps", "reference_cache_path",
-           "run_train_job", "train", "train_preference", "train_sft"]
+           "run_train_job", "train", "train_preference", "train_sft", "training_order"]

@@ -66,8 +66,9 @@ def _schedule(optimizer, optim: OptimConfig, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def _order(n: int, epochs: float, seed: int) -> list[int]:
-    """Pair indices in training order: one seeded shuffle per epoch; a fractional epoch takes a prefix."""
+def training_order(n: int, epochs: float, seed: int = 0) -> list[int]:
+    """Pair indices in training order: one seeded shuffle per epoch; a fractional epoch takes a prefix (TRL
+    shuffles the same way, so its trainers see the pairs in this order too)."""
     generator = torch.Generator().manual_seed(seed)
     full, rest = int(epochs), epochs - int(epochs)
     order = [i for _ in range(full) for i in torch.randperm(n, generator=generator).tolist()]
@@ -140,7 +141,7 @@ def train(model_spec: str, pairs: TokenizedPairs, out_dir: Path, optim: OptimCon
     # The fused AdamW kernel runs on CPU and GPU alike and is several times faster than the per-tensor loop.
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay, fused=True)
 
-    order = _order(len(pairs), optim.epochs, optim.seed)
+    order = training_order(len(pairs), optim.epochs, optim.seed)
     steps_in_data = math.ceil(len(order) / optim.batch_size)
     total_steps = min(steps_in_data, optim.max_steps) if optim.max_steps else steps_in_data
     # Not prepared: accelerate's scheduler wrapper steps once per process, for loops whose every process
