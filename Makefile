@@ -12,11 +12,12 @@ install: $(STAMP)
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first and explicitly: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(PIP) install $(TORCH)
-	$(PIP) install -r requirements.lock
-	$(PIP) install --no-deps -r requirements-nodeps.txt
-	$(PIP) install --no-deps --no-build-isolation -e .
+	# One pip call without the resolver: requirements.lock is the complete pinned set. torch is named
+	# explicitly because a bare `torch` requirement would pull a multi-GB CUDA build. --no-compile: byte-
+	# compiling every installed file took longer than installing it (3 min 9 s against 1 min 23 s here);
+	# Python writes the bytecode of what is imported on first use instead.
+	$(PIP) install --no-deps --no-compile $(TORCH) -r requirements.lock -r requirements-nodeps.txt
+	$(PIP) install --no-deps --no-compile --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: install
