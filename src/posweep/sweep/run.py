@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from posweep.losses import get_method
@@ -33,13 +34,29 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_one(job: RunJob, inputs: SharedInputs | None = None) -> RunOutcome:
+def warm_up(config) -> None:
+    """Load in this (worker) process what its runs will need first: the stages' imports and the sweep's
+    judge. Anything that fails here is left for the run to report."""
+    try:
+        quiet_libraries()
+        import posweep.evaluation
+        import posweep.training  # noqa: F401
+
+        process_inputs(config).judge  # noqa: B018
+    except Exception:
+        pass
+
+
+def run_one(job: RunJob, inputs: SharedInputs | None = None,
+            before_phase: Callable[[str], None] | None = None) -> RunOutcome:
     """Train then evaluate one run into ``runs/<run_id>/``. Never raises: a failure is an outcome.
 
-    ``inputs``: the sweep's shared inputs (default: this process's, ``process_inputs``). Idempotent: a run
-    whose evaluation already finished is not redone (a retried Ray task, or a kill between evaluation and
-    the status update); any other leftover folder is a partial attempt, cleared.
+    ``inputs``: the sweep's shared inputs (default: this process's, ``process_inputs``). ``before_phase``:
+    called with "train", then "evaluate" (a CPU worker takes its share of the cores then). Idempotent: a
+    run whose evaluation already finished is not redone (a retried Ray task, or a kill between evaluation
+    and the status update); any other leftover folder is a partial attempt, cleared.
     """
+    before_phase = before_phase or (lambda phase: None)
     from posweep.evaluation import evaluate_run
     from posweep.training import train_preference, train_sft
 
@@ -54,6 +71,7 @@ def run_one(job: RunJob, inputs: SharedInputs | None = None) -> RunOutcome:
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
         inputs = inputs or process_inputs(config)
+        before_phase("train")
         if run.stage == "sft":
             result = train_sft(job.base_spec, inputs.pairs, run.optim, run_dir, progress=False)
         else:
@@ -66,8 +84,10 @@ def run_one(job: RunJob, inputs: SharedInputs | None = None) -> RunOutcome:
         # The base policy is loaded once per process (inputs.sft_model) and parked between runs; an SFT
         # run keeps its token ids, so that the chosen one's samples become the preference stage's baseline.
         try:
+            baseline = inputs.baseline(job.base_spec)  # an SFT run may wait here for the driver sampling it
+            before_phase("evaluate")
             metrics = evaluate_run(str(result.checkpoint_dir), job.base_spec, inputs.prompts, inputs.judge,
-                                   config.sampling, run_dir, baseline=inputs.baseline(job.base_spec),
+                                   config.sampling, run_dir, baseline=baseline,
                                    sft_model=lambda: inputs.sft_model(job.base_spec), selection=inputs.selection,
                                    keep_token_ids=run.stage == "sft", progress=False)
         finally:

@@ -23,7 +23,7 @@ import torch
 
 from posweep.config import cache_root
 from posweep.data import TokenizedPairs
-from posweep.io import write_atomic_torch
+from posweep.io import compute_once, write_atomic_torch
 from posweep.models import load_policy, model_fingerprint
 from posweep.progress import progress_bar
 from posweep.training.logprobs import ResponseLogps, pair_logps
@@ -102,17 +102,21 @@ def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: 
     """
     reference_fingerprint = model_fingerprint(reference_spec)
     path = reference_cache_path(reference_fingerprint, pairs.fingerprint, mixed_precision, model_dtype)
-    if path.exists():
-        saved = torch.load(path, weights_only=True)
-        return ReferenceLogps(**saved, reference_fingerprint=reference_fingerprint,
-                              data_fingerprint=pairs.fingerprint, mixed_precision=mixed_precision,
-                              model_dtype=model_dtype)
-    if model is None:
-        model, tokenizer = load_policy(reference_spec, dtype=model_dtype, device=device)
-        pad_id = tokenizer.pad_token_id
-    else:
-        pad_id = model.config.pad_token_id  # any id: masks come from lengths, never from the pad id
-    values, passes = compute_pair_logps(model, pairs, pad_id, batch_size, progress, mixed_precision, packing)
-    write_atomic_torch(values, path)
-    return ReferenceLogps(**values, reference_fingerprint=reference_fingerprint, data_fingerprint=pairs.fingerprint,
-                          mixed_precision=mixed_precision, forward_passes=passes, model_dtype=model_dtype)
+    described = {"reference_fingerprint": reference_fingerprint, "data_fingerprint": pairs.fingerprint,
+                 "mixed_precision": mixed_precision, "model_dtype": model_dtype}
+
+    def read() -> ReferenceLogps | None:
+        return ReferenceLogps(**torch.load(path, weights_only=True), **described) if path.exists() else None
+
+    def compute() -> ReferenceLogps:
+        loaded, pad_id = model, None
+        if loaded is None:
+            loaded, tokenizer = load_policy(reference_spec, dtype=model_dtype, device=device)
+            pad_id = tokenizer.pad_token_id
+        else:
+            pad_id = loaded.config.pad_token_id  # any id: masks come from lengths, never from the pad id
+        values, passes = compute_pair_logps(loaded, pairs, pad_id, batch_size, progress, mixed_precision, packing)
+        write_atomic_torch(values, path)
+        return ReferenceLogps(**values, **described, forward_passes=passes)
+
+    return compute_once(path.with_name(path.name + ".lock"), read, compute)
