@@ -223,13 +223,17 @@ def _run_stage(db: StateDB, inputs: SharedInputs, runs: list[PlannedRun], out_di
 
 def _baseline_alongside(inputs: SharedInputs, base_spec: str, executor: Executor, runs: int):
     """Sample ``base_spec``'s baseline in a driver thread while the executor's workers run; the driver
-    counts as one more worker for the cores' division, until it is done. Returns the thread's future."""
-    from concurrent.futures import ThreadPoolExecutor
+    counts as one more worker for the cores' division, until it is done. Returns a future of it. The
+    thread is a daemon: an interrupted sweep exits without waiting for it (a partial baseline is never
+    stored: the cache writes are atomic)."""
+    import threading
+    from concurrent.futures import Future
 
     import torch
 
     executor.driver_busy = 1
     threads = cpu_threads_per_worker(min(executor.slots, runs) + 1)
+    future: Future = Future()
 
     def sample():
         previous = torch.get_num_threads()
@@ -237,14 +241,15 @@ def _baseline_alongside(inputs: SharedInputs, base_spec: str, executor: Executor
         try:
             inputs.baseline(base_spec)
             inputs.park()
+            future.set_result(None)
+        except BaseException as error:
+            future.set_exception(error)
         finally:
             torch.set_num_threads(previous)
             executor.driver_busy = 0
             executor.shares_changed()
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="posweep-baseline")
-    future = pool.submit(sample)
-    pool.shutdown(wait=False)
+    threading.Thread(target=sample, name="posweep-baseline", daemon=True).start()
     return future
 
 
