@@ -31,7 +31,7 @@ def _entry_of(path: str, log: str) -> str:
         write_atomic_text("value", entry)
         return "value"
 
-    return compute_once(entry.with_name("entry.lock"), lambda: entry.read_text() if entry.exists() else None, compute)
+    return compute_once(entry, lambda: entry.read_text() if entry.exists() else None, compute)
 
 
 def test_compute_once_computes_an_entry_two_processes_miss_at_once_once(tmp_path):

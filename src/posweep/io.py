@@ -92,15 +92,17 @@ def write_atomic_folder(path: Path, write: Callable[[Path], None], replace: bool
 T = TypeVar("T")
 
 
-def compute_once(lock_path: Path, read: Callable[[], T | None], compute: Callable[[], T]) -> T:
-    """``read()`` when it finds the cache entry, else ``compute()`` (which writes it) while holding an
-    exclusive lock on ``lock_path``, read again once the lock is ours: of the processes of a machine that
-    miss the same entry at once, one computes it and the others wait for it, then read it. The lock is an
-    ``flock``, released by the kernel if its holder dies; where the file system has none, each computes."""
+def compute_once(entry: Path, read: Callable[[], T | None], compute: Callable[[], T]) -> T:
+    """``read()`` when it finds the cache entry at ``entry`` (a file or folder), else ``compute()`` (which
+    writes it) while holding an exclusive lock on ``<entry>.lock``, read again once the lock is ours: of the
+    processes of a machine that miss the same entry at once, one computes it and the others wait for it,
+    then read it. The lock is an ``flock``, released by the kernel if its holder dies; where the file system
+    has none, each computes."""
     found = read()
     if found is not None:
         return found
-    lock_path = Path(lock_path)
+    entry = Path(entry)
+    lock_path = entry.with_name(entry.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
         try:

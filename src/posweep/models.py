@@ -67,9 +67,10 @@ def _builtin_gguf(spec: str) -> Path:
 @contextlib.contextmanager
 def _gguf_parsed_once():
     """Memoize gguf's file parser and tensor-name map while transformers converts a GGUF. transformers
-    parses the whole file for each of config, weights and tokenizer (SmolLM2's 49k-token vocabulary: ~12 s
-    a parse here) and rebuilds the name map once per module (397 × 32 ms); both are read-only results of
-    their arguments, and transformers imports them from ``gguf`` at call time, so patching the module works."""
+    parses the whole file for each of config, weights and tokenizer (SmolLM2's 49k-token vocabulary) and
+    rebuilds the name map once per module (397 times); memoized, the conversion took 34 s here instead of
+    61 s, with byte-identical files. Both are read-only results of their arguments, and transformers
+    imports them from ``gguf`` at call time, so patching the module works."""
     import gguf
 
     with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)), \
@@ -112,7 +113,7 @@ def resolve_model_path(spec: str) -> str:
             _convert_gguf(gguf, out_dir)
             return str(out_dir)
 
-        return compute_once(out_dir.with_name(out_dir.name + ".lock"), converted, convert)
+        return compute_once(out_dir, converted, convert)
     if spec.startswith("builtin:"):
         raise ModelError(f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_MODELS)}")
     path = Path(spec).expanduser()

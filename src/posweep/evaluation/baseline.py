@@ -142,7 +142,7 @@ def get_baseline(sft_model_spec: str, prompts: list[PromptItem], judge, sampling
         return baseline
 
     # The sweep's driver may be sampling it while a worker's run reaches its evaluation: that run waits.
-    return compute_once(_path(key).with_name(".lock"), lambda: _read(key), compute)
+    return compute_once(_path(key), lambda: _read(key), compute)
 
 
 def baseline_from_run(sft_spec: str, run_dir: str | Path, prompts: list[PromptItem], judge,

@@ -109,7 +109,7 @@ def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: 
         return ReferenceLogps(**torch.load(path, weights_only=True), **described) if path.exists() else None
 
     def compute() -> ReferenceLogps:
-        loaded, pad_id = model, None
+        loaded = model
         if loaded is None:
             loaded, tokenizer = load_policy(reference_spec, dtype=model_dtype, device=device)
             pad_id = tokenizer.pad_token_id
@@ -119,4 +119,4 @@ def get_reference_logps(reference_spec: str, pairs: TokenizedPairs, batch_size: 
         write_atomic_torch(values, path)
         return ReferenceLogps(**values, **described, forward_passes=passes)
 
-    return compute_once(path.with_name(path.name + ".lock"), read, compute)
+    return compute_once(path, read, compute)
